@@ -1,0 +1,31 @@
+//! Warden's pure policy layer: grants, limits and the decision for every import
+//! call.
+//!
+//! Architecture invariant: this crate does no IO, has no async and knows nothing
+//! of wasmtime. It takes typed data in and gives a [`Decision`] out, so every
+//! rule can be tested as a table without a guest or a runtime.
+
+#![forbid(unsafe_code)]
+
+mod check;
+mod grant;
+mod limits;
+
+pub use check::{Decision, ImportCall, check_import};
+pub use grant::{
+    Capability, DirGrant, DirMode, FsGrant, Grant, HostRule, HttpGrant, KvGrant, LogGrant,
+    MAX_KV_KEY_BYTES, MAX_KV_VALUE_BYTES, MAX_LOG_BYTES, MAX_RESPONSE_BYTES, SecretsGrant,
+};
+pub use limits::{Limits, ceiling};
+
+/// Why a grant or a policy input was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    #[error("invalid grant: {0}")]
+    InvalidGrant(String),
+    #[error("unknown capability `{0}` (known: fs, http, kv, secrets, log)")]
+    UnknownCapability(String),
+}
+
+/// Result of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,139 @@
+//! The `kv` capability: `warden:tool/kv`, one namespace per grant.
+//!
+//! The namespace comes from the grant, never from the guest: the guest names
+//! keys only, so it cannot reach another tool's keys. Storage sits behind the
+//! [`KvBackend`] trait; [`MemoryKv`] is the embedded backend.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+
+use wasmtime::component::HasData;
+use warden_policy::{Decision, ImportCall, KvGrant};
+
+use crate::bindings::warden::tool::kv::{self as wit, Error};
+use crate::guard::Guard;
+
+/// Storage behind the kv capability. Errors are messages for the guest.
+pub trait KvBackend: Send + Sync + Debug {
+    fn get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, String>;
+    fn set(&self, namespace: &str, key: &str, value: Vec<u8>) -> Result<(), String>;
+    fn delete(&self, namespace: &str, key: &str) -> Result<bool, String>;
+    fn list(&self, namespace: &str, prefix: &str) -> Result<Vec<String>, String>;
+}
+
+/// An in-memory kv store shared by the calls that hold it.
+#[derive(Debug, Default)]
+pub struct MemoryKv {
+    map: Mutex<BTreeMap<(String, String), Vec<u8>>>,
+}
+
+impl MemoryKv {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, String), Vec<u8>>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every entry, for persisting the store (`warden run --kv-file`).
+    pub fn entries(&self) -> Vec<(String, String, Vec<u8>)> {
+        self.lock()
+            .iter()
+            .map(|((n, k), v)| (n.clone(), k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Inserts entries, for loading a persisted store.
+    pub fn insert_all(&self, entries: impl IntoIterator<Item = (String, String, Vec<u8>)>) {
+        let mut map = self.lock();
+        for (n, k, v) in entries {
+            map.insert((n, k), v);
+        }
+    }
+}
+
+impl KvBackend for MemoryKv {
+    fn get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
+        Ok(self.lock().get(&(namespace.to_owned(), key.to_owned())).cloned())
+    }
+
+    fn set(&self, namespace: &str, key: &str, value: Vec<u8>) -> Result<(), String> {
+        self.lock().insert((namespace.to_owned(), key.to_owned()), value);
+        Ok(())
+    }
+
+    fn delete(&self, namespace: &str, key: &str) -> Result<bool, String> {
+        Ok(self.lock().remove(&(namespace.to_owned(), key.to_owned())).is_some())
+    }
+
+    fn list(&self, namespace: &str, prefix: &str) -> Result<Vec<String>, String> {
+        Ok(self
+            .lock()
+            .range((namespace.to_owned(), prefix.to_owned())..)
+            .take_while(|((n, k), _)| n == namespace && k.starts_with(prefix))
+            .map(|((_, k), _)| k.clone())
+            .collect())
+    }
+}
+
+/// Per-call kv state, built from the grant.
+#[derive(Debug)]
+pub struct KvState {
+    pub grant: Option<KvGrant>,
+    pub backend: Arc<dyn KvBackend>,
+}
+
+/// `HasData` marker for kv.
+#[derive(Debug)]
+pub struct KvCap;
+
+impl HasData for KvCap {
+    type Data<'a> = KvView<'a>;
+}
+
+/// What the kv host functions can reach: their own state and the guard.
+#[derive(Debug)]
+pub struct KvView<'a> {
+    pub state: &'a KvState,
+    pub guard: &'a Guard,
+}
+
+impl KvView<'_> {
+    fn check(&self, call: ImportCall) -> Result<(u32, &str), Error> {
+        match (self.guard.check(call), &self.state.grant) {
+            ((seq, Decision::Allow), Some(g)) => Ok((seq, g.namespace.as_str())),
+            ((_, Decision::Deny { reason, .. }), _) => Err(Error::Denied(reason)),
+            // Allowed without a grant cannot happen: the guard checks the same
+            // grant. Deny anyway rather than trust that.
+            (_, None) => Err(Error::Denied("kv: capability is not granted to this call".into())),
+        }
+    }
+
+    fn backend<T>(&self, seq: u32, r: Result<T, String>) -> Result<T, Error> {
+        r.map_err(|e| {
+            self.guard.record_error(seq, e.clone());
+            Error::Backend(e)
+        })
+    }
+}
+
+impl wit::Host for KvView<'_> {
+    fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, Error> {
+        let (seq, ns) = self.check(ImportCall::KvGet { key: key.clone() })?;
+        self.backend(seq, self.state.backend.get(ns, &key))
+    }
+
+    fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), Error> {
+        let len = value.len() as u64;
+        let (seq, ns) = self.check(ImportCall::KvSet { key: key.clone(), len })?;
+        self.backend(seq, self.state.backend.set(ns, &key, value))
+    }
+
+    fn delete(&mut self, key: String) -> Result<bool, Error> {
+        let (seq, ns) = self.check(ImportCall::KvDelete { key: key.clone() })?;
+        self.backend(seq, self.state.backend.delete(ns, &key))
+    }
+
+    fn list_keys(&mut self, prefix: String) -> Result<Vec<String>, Error> {
+        let (seq, ns) = self.check(ImportCall::KvList { prefix: prefix.clone() })?;
+        self.backend(seq, self.state.backend.list(ns, &prefix))
+    }
+}

@@ -1,0 +1,532 @@
+//! Warden's sandboxed runtime: the only crate that knows wasmtime.
+//!
+//! [`Runtime::load`] turns component bytes into a described [`Tool`];
+//! [`Runtime::invoke`] runs one action of it in a fresh store built only from a
+//! [`Grant`], under fuel, an epoch deadline, memory and table limits and an
+//! output cap, and returns a [`Report`]: the [`Outcome`], the output, the fuel
+//! and time used, and every guarded import call with its decision.
+//!
+//! Architecture invariants: no capability state is built except from a grant
+//! ([`state::CallState::build`]); an ungranted capability is not linked
+//! ([`linker::build`]); every path, host, key, secret or log call passes the
+//! one [`guard::Guard`]; guest stdio never reaches the host's own streams.
+
+#![deny(unsafe_code)]
+
+mod bindings;
+pub mod caps;
+mod engine;
+pub mod guard;
+mod linker;
+mod state;
+mod stdio;
+mod tool;
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use wasmtime::component::Linker;
+use wasmtime::{Engine, Store, Trap, UpdateDeadline};
+use warden_policy::{Capability, Decision, Grant, Limits};
+
+pub use caps::kv::{KvBackend, MemoryKv};
+pub use caps::log::LogLine;
+pub use caps::secrets::{SecretSource, StaticSecrets};
+pub use guard::ImportEvent;
+pub use linker::{Provider, capability_of};
+pub use state::Backends;
+pub use tool::{ActionInfo, Effect, Tool, ToolInfo};
+
+use bindings::ToolPre;
+use state::{CallState, LimitHit};
+
+/// Errors of loading tools and configuring the runtime. Failures of a call
+/// are not errors: they are an [`Outcome`] in the [`Report`].
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("not a valid WebAssembly component: {0}")]
+    InvalidComponent(String),
+    #[error("component imports `{0}`, which Warden never provides")]
+    UnsupportedImport(String),
+    #[error("invalid tool description: {0}")]
+    InvalidDescription(String),
+    #[error("describe failed: {0}")]
+    DescribeFailed(String),
+    #[error("engine: {0}")]
+    Engine(String),
+    #[error("{0}")]
+    Io(String),
+}
+
+/// Result of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Runtime settings.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Most calls running at once; further calls wait for a slot. Also sizes
+    /// the instance pool.
+    pub max_concurrent: u32,
+    /// Directory for precompiled components; `None` disables the disk cache.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            max_concurrent: 64,
+            cache_dir: None,
+        }
+    }
+}
+
+/// Limits of a tool's `describe` call: it is untrusted code like any other.
+pub const DESCRIBE_LIMITS: Limits = Limits {
+    fuel: 2_000_000_000,
+    deadline_ms: 10_000,
+    memory_bytes: 64 << 20,
+    table_elements: 10_000,
+    output_bytes: 4 << 20,
+    stdio_bytes: 16 << 10,
+};
+
+/// Extra time past a call's deadline before the host abandons it while it
+/// waits in a host call (for example a slow HTTP response). Wasm execution
+/// itself is stopped by the epoch at the deadline.
+const DEADLINE_GRACE: Duration = Duration::from_millis(50);
+
+/// The wasmtime engine, its linkers and the compile cache.
+pub struct Runtime {
+    engine: Engine,
+    _ticker: engine::Ticker,
+    cache: Option<tool::DiskCache>,
+    linkers: Mutex<HashMap<BTreeSet<Capability>, Arc<Linker<CallState>>>>,
+    slots: tokio::sync::Semaphore,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").field("cache", &self.cache).finish_non_exhaustive()
+    }
+}
+
+/// One call to run.
+#[derive(Debug, Clone, Copy)]
+pub struct Call<'a> {
+    pub action: &'a str,
+    /// The JSON input, as text.
+    pub input: &'a str,
+}
+
+/// How a call ended. Every variant is a normal answer, not an error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    /// The action ran and returned valid output.
+    Ok,
+    /// The input did not match the action (field named).
+    InvalidInput { field: String, message: String },
+    /// The action ran and reported a failure.
+    Failed { message: String },
+    /// A guard or the tool refused; `rule` names what decided.
+    Denied { reason: String, rule: String },
+    /// The tool has no such action.
+    UnknownAction { action: String },
+    /// Refused before running: the grant does not allow this call.
+    NotGranted { reason: String },
+    /// Fuel ran out.
+    OutOfFuel { limit: u64 },
+    /// The wall-clock deadline passed.
+    Deadline { limit_ms: u64 },
+    /// Memory or table growth past the limit.
+    MemoryLimit { limit: u64, requested: u64 },
+    /// The guest overflowed its stack.
+    StackOverflow,
+    /// The output is larger than allowed.
+    OutputTooLarge { limit: u64, size: u64 },
+    /// The output is not JSON.
+    InvalidOutput { message: String },
+    /// The guest trapped (panic, unreachable, bad memory access...).
+    Trap { message: String },
+}
+
+impl Outcome {
+    /// A one-line reason, lowercase, for logs and the CLI.
+    pub fn reason(&self) -> String {
+        match self {
+            Outcome::Ok => "ok".into(),
+            Outcome::InvalidInput { field, message } => format!("invalid input: field `{field}`: {message}"),
+            Outcome::Failed { message } => format!("failed: {message}"),
+            Outcome::Denied { reason, rule } => format!("denied: {reason} [{rule}]"),
+            Outcome::UnknownAction { action } => format!("unknown action `{action}`"),
+            Outcome::NotGranted { reason } => format!("not granted: {reason}"),
+            Outcome::OutOfFuel { limit } => format!("out of fuel: used all {limit} units"),
+            Outcome::Deadline { limit_ms } => format!("deadline: stopped after {limit_ms} ms"),
+            Outcome::MemoryLimit { limit, requested } => {
+                format!("memory limit: requested {requested} bytes, limit {limit}")
+            }
+            Outcome::StackOverflow => "stack overflow".into(),
+            Outcome::OutputTooLarge { limit, size } => {
+                format!("output too large: {size} bytes, limit {limit}")
+            }
+            Outcome::InvalidOutput { message } => format!("invalid output: {message}"),
+            Outcome::Trap { message } => format!("trap: {message}"),
+        }
+    }
+
+    /// Whether the call succeeded.
+    pub fn is_ok(&self) -> bool {
+        matches!(self, Outcome::Ok)
+    }
+}
+
+/// Everything known about one call.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub tool: String,
+    pub version: String,
+    pub component_sha256: String,
+    pub action: String,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    /// The output JSON when the outcome is `ok`.
+    pub output: Option<serde_json::Value>,
+    pub fuel_used: u64,
+    pub elapsed_us: u64,
+    pub imports: Vec<ImportEvent>,
+    pub logs: Vec<LogLine>,
+    pub logs_dropped: u64,
+    pub stdout: String,
+    pub stderr: String,
+    pub stdio_dropped: u64,
+}
+
+impl Runtime {
+    /// A runtime with its own engine and epoch ticker.
+    pub fn new(config: RuntimeConfig) -> Result<Runtime> {
+        let engine = engine::build(config.max_concurrent)?;
+        let ticker = engine::Ticker::start(&engine)?;
+        let cache = config.cache_dir.map(|dir| tool::DiskCache {
+            dir,
+            fingerprint: engine::fingerprint(&engine),
+        });
+        Ok(Runtime {
+            engine,
+            _ticker: ticker,
+            cache,
+            linkers: Mutex::new(HashMap::new()),
+            slots: tokio::sync::Semaphore::new(config.max_concurrent as usize),
+        })
+    }
+
+    /// The wasmtime engine (for benchmarks and embedding).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Loads a component file. See [`Runtime::load`].
+    pub async fn load_file(&self, path: &Path) -> Result<Arc<Tool>> {
+        self.load(&tool::read(path)?).await
+    }
+
+    /// Compiles (or loads from cache) a component, checks its imports, runs its
+    /// `describe` with no capabilities, and validates the description.
+    pub async fn load(&self, bytes: &[u8]) -> Result<Arc<Tool>> {
+        let (hash, component, cached) = tool::compile(&self.engine, self.cache.as_ref(), bytes)?;
+        tracing::debug!(sha256 = %hex::encode(hash), cached, "component loaded");
+        let (imports, required) = tool::classify_imports(&self.engine, &component)?;
+        let mut tool = Tool {
+            hash,
+            component,
+            info: ToolInfo {
+                name: String::new(),
+                version: String::new(),
+                description: String::new(),
+                actions: Vec::new(),
+            },
+            imports,
+            required,
+            pres: Mutex::new(HashMap::new()),
+        };
+        // Describe with every import the component needs linked but an empty
+        // grant: any capability use during describe is denied by the guard.
+        let grant = Arc::new(Grant::empty(DESCRIBE_LIMITS));
+        let caps = tool.required.clone();
+        let pre = self.pre(&tool, &caps)?;
+        let backends = Backends {
+            kv: Arc::new(MemoryKv::default()),
+            secrets: Arc::new(StaticSecrets::default()),
+        };
+        let started = Instant::now();
+        let mut store = self
+            .store(grant, &backends, started)
+            .map_err(Error::DescribeFailed)?;
+        let fut = async {
+            let instance = pre.instantiate_async(&mut store).await?;
+            instance.call_describe(&mut store).await
+        };
+        let raw = match tokio::time::timeout(
+            Duration::from_millis(DESCRIBE_LIMITS.deadline_ms) + DEADLINE_GRACE,
+            fut,
+        )
+        .await
+        {
+            Ok(Ok(raw)) => raw,
+            Ok(Err(e)) => return Err(Error::DescribeFailed(format!("{e:#}"))),
+            Err(_) => return Err(Error::DescribeFailed("deadline passed".into())),
+        };
+        drop(store);
+        tool.info = ToolInfo::from_wit(raw)?;
+        Ok(Arc::new(tool))
+    }
+
+    fn linker(&self, caps: &BTreeSet<Capability>) -> Result<Arc<Linker<CallState>>> {
+        let mut linkers = self.linkers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(l) = linkers.get(caps) {
+            return Ok(l.clone());
+        }
+        let l = Arc::new(linker::build(&self.engine, caps)?);
+        linkers.insert(caps.clone(), l.clone());
+        Ok(l)
+    }
+
+    /// The pre-instantiated component for a capability set (cached per tool).
+    fn pre(&self, tool: &Tool, caps: &BTreeSet<Capability>) -> Result<ToolPre<CallState>> {
+        let mut pres = tool.pres.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = pres.get(caps) {
+            return Ok(p.clone());
+        }
+        let linker = self.linker(caps)?;
+        let instance_pre = linker
+            .instantiate_pre(&tool.component)
+            .map_err(|e| Error::InvalidComponent(format!("{e:#}")))?;
+        let pre = ToolPre::new(instance_pre).map_err(|e| {
+            Error::InvalidComponent(format!("component does not export the warden:tool world: {e:#}"))
+        })?;
+        pres.insert(caps.clone(), pre.clone());
+        Ok(pre)
+    }
+
+    fn store(&self, grant: Arc<Grant>, backends: &Backends, started: Instant) -> Result<Store<CallState>, String> {
+        let limits = grant.limits;
+        let state = CallState::build(grant, backends, started)?;
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store
+            .set_fuel(limits.fuel)
+            .map_err(|e| format!("setting fuel: {e}"))?;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|mut ctx| {
+            let state = ctx.data_mut();
+            if Instant::now() >= state.deadline {
+                state.limiter.hit = Some(LimitHit::Deadline);
+                return Err(wasmtime::Error::new(state::LimitExceeded(LimitHit::Deadline)));
+            }
+            // Yield every tick so other calls on this executor make progress.
+            Ok(UpdateDeadline::Yield(1))
+        });
+        Ok(store)
+    }
+
+    /// Runs one action of `tool` under `grant`. Never fails: every failure is
+    /// an [`Outcome`] in the report.
+    pub async fn invoke(&self, tool: &Tool, grant: Arc<Grant>, backends: &Backends, call: Call<'_>) -> Report {
+        let started = Instant::now();
+        let mut report = Report {
+            tool: tool.info.name.clone(),
+            version: tool.info.version.clone(),
+            component_sha256: tool.hash_hex(),
+            action: call.action.to_owned(),
+            outcome: Outcome::Ok,
+            output: None,
+            fuel_used: 0,
+            elapsed_us: 0,
+            imports: Vec::new(),
+            logs: Vec::new(),
+            logs_dropped: 0,
+            stdout: String::new(),
+            stderr: String::new(),
+            stdio_dropped: 0,
+        };
+        report.outcome = self.run(tool, grant, backends, call, started, &mut report).await;
+        report.elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        report
+    }
+
+    async fn run(
+        &self,
+        tool: &Tool,
+        grant: Arc<Grant>,
+        backends: &Backends,
+        call: Call<'_>,
+        started: Instant,
+        report: &mut Report,
+    ) -> Outcome {
+        // Cheapest refusals first, before any wasm object exists.
+        if tool.info.action(call.action).is_none() {
+            return Outcome::UnknownAction {
+                action: call.action.to_owned(),
+            };
+        }
+        if !grant.allows_action(call.action) {
+            return Outcome::NotGranted {
+                reason: format!("action `{}` of tool `{}` is not in the grant", call.action, tool.info.name),
+            };
+        }
+        let granted = grant.capabilities();
+        if let Some(missing) = tool.required.iter().find(|c| !granted.contains(c)) {
+            let import = tool
+                .imports
+                .iter()
+                .find(|i| capability_of(i) == Provider::Capability(*missing))
+                .cloned()
+                .unwrap_or_default();
+            return Outcome::NotGranted {
+                reason: format!(
+                    "component imports `{import}` (capability `{missing}`), which the grant does not include; it cannot be instantiated"
+                ),
+            };
+        }
+        let limits = grant.limits;
+        // Link exactly what the component imports, all of it granted.
+        let pre = match self.pre(tool, &tool.required) {
+            Ok(p) => p,
+            Err(e) => return Outcome::Trap { message: e.to_string() },
+        };
+        let _slot = match self.slots.acquire().await {
+            Ok(s) => s,
+            Err(_) => return Outcome::Trap { message: "runtime is shutting down".into() },
+        };
+        let mut store = match self.store(grant, backends, started) {
+            Ok(s) => s,
+            Err(e) => return Outcome::NotGranted { reason: e },
+        };
+        let deadline = Duration::from_millis(limits.deadline_ms);
+        let result = tokio::time::timeout(deadline + DEADLINE_GRACE, async {
+            let instance = pre.instantiate_async(&mut store).await?;
+            instance.call_invoke(&mut store, call.action, call.input).await
+        })
+        .await;
+
+        report.fuel_used = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+        let state = store.data();
+        report.imports = state.guard.events();
+        report.logs = state.log.lines.clone();
+        report.logs_dropped = state.log.dropped;
+        let (stdout, out_dropped) = state.stdout.take();
+        let (stderr, err_dropped) = state.stderr.take();
+        report.stdout = stdout;
+        report.stderr = stderr;
+        report.stdio_dropped = out_dropped + err_dropped;
+        let hit = state.limiter.hit;
+        let first_denial = state.guard.first_denial();
+
+        match result {
+            Err(_elapsed) => Outcome::Deadline {
+                limit_ms: limits.deadline_ms,
+            },
+            Ok(Err(e)) => classify_trap(&e, hit, &limits, &report.stderr),
+            Ok(Ok(Err(tool_error))) => tool_outcome(tool_error, first_denial),
+            Ok(Ok(Ok(output))) => {
+                let size = output.len() as u64;
+                if size > limits.output_bytes {
+                    return Outcome::OutputTooLarge {
+                        limit: limits.output_bytes,
+                        size,
+                    };
+                }
+                match serde_json::from_str(&output) {
+                    Ok(v) => {
+                        report.output = Some(v);
+                        Outcome::Ok
+                    }
+                    Err(e) => Outcome::InvalidOutput {
+                        message: format!("output is not JSON: {e}"),
+                    },
+                }
+            }
+        }
+    }
+}
+
+/// Maps a tool's own error to an outcome. When the guard denied an import
+/// during the call, the guard's reason is reported: it is authoritative and
+/// names the grant, where the guest only saw an error code.
+fn tool_outcome(e: bindings::warden::tool::types::ToolError, first_denial: Option<ImportEvent>) -> Outcome {
+    use bindings::warden::tool::types::ToolError as E;
+    if let Some(ImportEvent {
+        decision: Decision::Deny { reason, rule },
+        ..
+    }) = first_denial
+        && matches!(e, E::Failed(_) | E::Denied(_))
+    {
+        return Outcome::Denied { reason, rule };
+    }
+    match e {
+        E::InvalidInput(f) => Outcome::InvalidInput {
+            field: f.field,
+            message: f.message,
+        },
+        E::Failed(message) => Outcome::Failed { message },
+        E::Denied(reason) => Outcome::Denied {
+            reason,
+            rule: "tool".into(),
+        },
+        E::UnknownAction(action) => Outcome::UnknownAction { action },
+    }
+}
+
+/// Maps a trap or host error to the limit or fault that caused it.
+fn classify_trap(e: &wasmtime::Error, hit: Option<LimitHit>, limits: &Limits, stderr: &str) -> Outcome {
+    match hit {
+        Some(LimitHit::Deadline) => {
+            return Outcome::Deadline {
+                limit_ms: limits.deadline_ms,
+            };
+        }
+        Some(LimitHit::Memory { desired }) => {
+            return Outcome::MemoryLimit {
+                limit: limits.memory_bytes,
+                requested: desired as u64,
+            };
+        }
+        Some(LimitHit::Table { desired }) => {
+            return Outcome::MemoryLimit {
+                limit: u64::from(limits.table_elements),
+                requested: desired as u64,
+            };
+        }
+        None => {}
+    }
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => Outcome::OutOfFuel { limit: limits.fuel },
+        Some(Trap::StackOverflow) => Outcome::StackOverflow,
+        Some(Trap::Interrupt) => Outcome::Deadline {
+            limit_ms: limits.deadline_ms,
+        },
+        Some(trap) => {
+            // A Rust panic prints its message to stderr before trapping.
+            let panic = stderr
+                .lines()
+                .find(|l| l.contains("panicked at"))
+                .map(|l| format!(" ({})", l.trim()))
+                .unwrap_or_default();
+            Outcome::Trap {
+                message: format!("{trap}{panic}"),
+            }
+        }
+        None => {
+            if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+                return Outcome::Trap {
+                    message: format!("guest exited with status {}", exit.0),
+                };
+            }
+            Outcome::Trap {
+                message: format!("{e:#}"),
+            }
+        }
+    }
+}

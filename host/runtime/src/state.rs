@@ -1,0 +1,179 @@
+//! Per-call store data, built only from the grant.
+//!
+//! [`CallState::build`] is the single place where a grant becomes instance
+//! state: preopens from the fs grant, HTTP hooks from the http grant, the kv
+//! namespace, the secret source, the log budget, and the memory and table
+//! limits. Nothing is inherited from the host process: no environment, no
+//! arguments, no stdin, and stdout/stderr go to bounded pipes.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use wasmtime::ResourceLimiter;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+use warden_policy::{DirMode, Grant};
+
+use crate::caps::fs::FsPaths;
+use crate::caps::http::HttpHooks;
+use crate::caps::kv::{KvBackend, KvState};
+use crate::caps::log::LogState;
+use crate::caps::secrets::{SecretSource, SecretsState};
+use crate::guard::Guard;
+use crate::stdio::BoundedPipe;
+
+/// Host-side backends a call may reach through its capabilities.
+#[derive(Debug, Clone)]
+pub struct Backends {
+    pub kv: Arc<dyn KvBackend>,
+    pub secrets: Arc<dyn SecretSource>,
+}
+
+/// WASI context and resource table; implements [`WasiView`].
+pub struct WasiParts {
+    pub ctx: WasiCtx,
+    pub table: ResourceTable,
+}
+
+impl WasiView for WasiParts {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.ctx,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Which limit stopped a call, recorded by the limiter or the epoch callback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitHit {
+    Memory { desired: usize },
+    Table { desired: usize },
+    Deadline,
+}
+
+/// Memory and table limits of one call.
+#[derive(Debug)]
+pub struct CallLimiter {
+    pub memory_bytes: usize,
+    pub table_elements: usize,
+    pub hit: Option<LimitHit>,
+}
+
+/// Error raised into the guest when it crosses a limit. Its presence is
+/// recorded in [`CallLimiter::hit`], which the invoke path reads.
+#[derive(Debug)]
+pub struct LimitExceeded(pub LimitHit);
+
+impl std::fmt::Display for LimitExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "limit exceeded: {:?}", self.0)
+    }
+}
+
+impl std::error::Error for LimitExceeded {}
+
+impl ResourceLimiter for CallLimiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.memory_bytes {
+            let hit = LimitHit::Memory { desired };
+            self.hit = Some(hit);
+            return Err(wasmtime::Error::new(LimitExceeded(hit)));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.table_elements {
+            let hit = LimitHit::Table { desired };
+            self.hit = Some(hit);
+            return Err(wasmtime::Error::new(LimitExceeded(hit)));
+        }
+        Ok(true)
+    }
+}
+
+/// Everything one call's store holds.
+pub struct CallState {
+    pub wasi: WasiParts,
+    pub http_ctx: WasiHttpCtx,
+    pub http_hooks: HttpHooks,
+    pub fs_paths: FsPaths,
+    pub kv: KvState,
+    pub secrets: SecretsState,
+    pub log: LogState,
+    pub guard: Guard,
+    pub limiter: CallLimiter,
+    pub stdout: BoundedPipe,
+    pub stderr: BoundedPipe,
+    pub deadline: Instant,
+}
+
+impl WasiHttpView for CallState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            hooks: &mut self.http_hooks,
+            table: &mut self.wasi.table,
+            ctx: &mut self.http_ctx,
+        }
+    }
+}
+
+impl CallState {
+    /// Builds the state of one call from `grant` alone.
+    pub fn build(grant: Arc<Grant>, backends: &Backends, started: Instant) -> Result<CallState, String> {
+        let limits = grant.limits;
+        let stdio = usize::try_from(limits.stdio_bytes).unwrap_or(usize::MAX);
+        let stdout = BoundedPipe::new(stdio);
+        let stderr = BoundedPipe::new(stdio);
+
+        // Deny by default: no inherit_*, no env, no args, empty stdin.
+        let mut builder = WasiCtxBuilder::new();
+        builder.stdout(stdout.clone()).stderr(stderr.clone());
+        if let Some(fs) = &grant.fs {
+            for d in &fs.dirs {
+                let perms = match d.mode {
+                    DirMode::ReadOnly => FsPerms::ReadOnly,
+                    DirMode::ReadWrite => FsPerms::ReadWrite,
+                };
+                builder
+                    .preopened_dir(&d.host, &d.guest, perms)
+                    .map_err(|e| format!("fs: granted directory `{}` cannot be opened: {e}", d.host.display()))?;
+            }
+        }
+        let guard = Guard::new(grant.clone());
+        Ok(CallState {
+            wasi: WasiParts {
+                ctx: builder.build(),
+                table: ResourceTable::new(),
+            },
+            http_ctx: WasiHttpCtx::new(),
+            http_hooks: HttpHooks {
+                guard: guard.clone(),
+                max_response_bytes: grant.http.as_ref().map_or(0, |h| h.max_response_bytes),
+            },
+            fs_paths: FsPaths::default(),
+            kv: KvState {
+                grant: grant.kv.clone(),
+                backend: backends.kv.clone(),
+            },
+            secrets: SecretsState {
+                source: backends.secrets.clone(),
+            },
+            log: LogState {
+                max_bytes: grant.log.as_ref().map_or(0, |l| l.max_bytes),
+                ..LogState::default()
+            },
+            guard,
+            limiter: CallLimiter {
+                memory_bytes: usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX),
+                table_elements: limits.table_elements as usize,
+                hit: None,
+            },
+            stdout,
+            stderr,
+            deadline: started + std::time::Duration::from_millis(limits.deadline_ms),
+        })
+    }
+}

@@ -1,0 +1,259 @@
+//! `warden`: the command-line entry point.
+//!
+//! For tool authors: `warden run` runs one action of a component under a grant
+//! file and `warden inspect` prints a component's actions and schemas.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use warden_policy::{Grant, Limits};
+use warden_runtime::{Backends, Call, MemoryKv, Outcome, Runtime, RuntimeConfig, SecretSource};
+
+#[derive(Debug, Parser)]
+#[command(name = "warden", version, about = "WebAssembly-sandboxed tool host for AI agents")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one action of a tool component under a grant.
+    Run {
+        /// The tool component (`.wasm`).
+        component: PathBuf,
+        /// The action to invoke.
+        #[arg(long)]
+        action: String,
+        /// The action's input as JSON text (`-` reads standard input).
+        #[arg(long, default_value = "{}")]
+        input: String,
+        /// Grant file (TOML). Without it the call gets no capability and the
+        /// standard limits.
+        #[arg(long)]
+        grant: Option<PathBuf>,
+        /// Persist the kv capability's store in this JSON file between runs.
+        #[arg(long)]
+        kv_file: Option<PathBuf>,
+        /// Print a JSON report (outcome, output, fuel, time, import calls)
+        /// instead of the bare output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a tool component's actions, effect classes and schemas.
+    Inspect {
+        /// The tool component (`.wasm`).
+        component: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Exit codes of `warden run`, documented in the README.
+mod exit {
+    pub const DENIED: u8 = 3;
+    pub const INVALID_INPUT: u8 = 4;
+    pub const LIMIT: u8 = 5;
+    pub const FAILED: u8 = 1;
+    pub const USAGE: u8 = 2;
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WARDEN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::FAILED);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(exit::USAGE)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run {
+            component,
+            action,
+            input,
+            grant,
+            kv_file,
+            json,
+        } => run_action(&component, &action, &input, grant.as_deref(), kv_file.as_deref(), json).await,
+        Command::Inspect { component, json } => inspect(&component, json).await,
+    }
+}
+
+fn runtime() -> anyhow::Result<Runtime> {
+    let cache_dir = std::env::var_os("WARDEN_CACHE_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/warden/components")));
+    Ok(Runtime::new(RuntimeConfig {
+        max_concurrent: 8,
+        cache_dir,
+    })?)
+}
+
+/// Secret values for `warden run` come from `WARDEN_SECRET_<NAME>` variables;
+/// only names in the grant are ever looked up.
+#[derive(Debug)]
+struct EnvSecrets;
+
+impl SecretSource for EnvSecrets {
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(format!("WARDEN_SECRET_{name}")).ok()
+    }
+}
+
+type KvEntries = BTreeMap<String, BTreeMap<String, String>>;
+
+fn load_kv(path: &Path, kv: &MemoryKv) -> anyhow::Result<()> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("reading kv file `{}`", path.display())),
+    };
+    let entries: KvEntries =
+        serde_json::from_str(&text).with_context(|| format!("kv file `{}` is not valid", path.display()))?;
+    kv.insert_all(
+        entries
+            .into_iter()
+            .flat_map(|(ns, m)| m.into_iter().map(move |(k, v)| (ns.clone(), k, v.into_bytes()))),
+    );
+    Ok(())
+}
+
+fn save_kv(path: &Path, kv: &MemoryKv) -> anyhow::Result<()> {
+    let mut entries = KvEntries::new();
+    for (ns, k, v) in kv.entries() {
+        entries
+            .entry(ns)
+            .or_default()
+            .insert(k, String::from_utf8_lossy(&v).into_owned());
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&entries)?)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .with_context(|| format!("writing kv file `{}`", path.display()))
+}
+
+async fn run_action(
+    component: &Path,
+    action: &str,
+    input: &str,
+    grant: Option<&Path>,
+    kv_file: Option<&Path>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let input = if input == "-" {
+        std::io::read_to_string(std::io::stdin()).context("reading input from standard input")?
+    } else {
+        input.to_owned()
+    };
+    if let Err(e) = serde_json::from_str::<serde_json::Value>(&input) {
+        bail!("--input is not valid JSON: {e}");
+    }
+    let grant = match grant {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading grant file `{}`", path.display()))?;
+            Grant::from_toml(&text).with_context(|| format!("grant file `{}`", path.display()))?
+        }
+        None => Grant::empty(Limits::STANDARD),
+    };
+    let runtime = runtime()?;
+    let tool = runtime
+        .load_file(component)
+        .await
+        .with_context(|| format!("loading `{}`", component.display()))?;
+    let kv = Arc::new(MemoryKv::default());
+    if let Some(path) = kv_file {
+        load_kv(path, &kv)?;
+    }
+    let backends = Backends {
+        kv: kv.clone(),
+        secrets: Arc::new(EnvSecrets),
+    };
+    let report = runtime
+        .invoke(&tool, Arc::new(grant), &backends, Call { action, input: &input })
+        .await;
+    if let Some(path) = kv_file {
+        save_kv(path, &kv)?;
+    }
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, &report)?;
+        writeln!(out)?;
+    } else if let Some(output) = &report.output {
+        serde_json::to_writer(&mut out, output)?;
+        writeln!(out)?;
+    }
+    if !report.outcome.is_ok() && !json {
+        eprintln!("{}", report.outcome.reason());
+    }
+    Ok(match &report.outcome {
+        Outcome::Ok => ExitCode::SUCCESS,
+        Outcome::Denied { .. } | Outcome::NotGranted { .. } => ExitCode::from(exit::DENIED),
+        Outcome::InvalidInput { .. } | Outcome::UnknownAction { .. } => ExitCode::from(exit::INVALID_INPUT),
+        Outcome::OutOfFuel { .. }
+        | Outcome::Deadline { .. }
+        | Outcome::MemoryLimit { .. }
+        | Outcome::StackOverflow
+        | Outcome::OutputTooLarge { .. } => ExitCode::from(exit::LIMIT),
+        Outcome::Failed { .. } | Outcome::InvalidOutput { .. } | Outcome::Trap { .. } => ExitCode::from(exit::FAILED),
+    })
+}
+
+async fn inspect(component: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let runtime = runtime()?;
+    let tool = runtime
+        .load_file(component)
+        .await
+        .with_context(|| format!("loading `{}`", component.display()))?;
+    let info = tool.info();
+    let mut out = std::io::stdout().lock();
+    if json {
+        let doc = serde_json::json!({
+            "component_sha256": tool.hash_hex(),
+            "capabilities": tool.required_capabilities(),
+            "imports": tool.imports(),
+            "tool": info,
+        });
+        serde_json::to_writer_pretty(&mut out, &doc)?;
+        writeln!(out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(out, "{} {} — {}", info.name, info.version, info.description)?;
+    writeln!(out, "sha256: {}", tool.hash_hex())?;
+    let caps: Vec<String> = tool.required_capabilities().iter().map(|c| c.to_string()).collect();
+    writeln!(
+        out,
+        "capabilities: {}",
+        if caps.is_empty() { "none".to_owned() } else { caps.join(", ") }
+    )?;
+    for a in &info.actions {
+        writeln!(out, "\naction {} ({:?}): {}", a.name, a.effect, a.description)?;
+        writeln!(out, "  input:  {}", serde_json::to_string(&a.input_schema)?)?;
+        writeln!(out, "  output: {}", serde_json::to_string(&a.output_schema)?)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
