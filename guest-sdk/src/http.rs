@@ -110,6 +110,12 @@ pub fn request(
     };
 
     let fields = Fields::new();
+    if let Some(bytes) = body {
+        // A known length lets every server read the body without chunking.
+        fields
+            .append("content-length", bytes.len().to_string().as_bytes())
+            .map_err(|e| Error::InvalidUrl(format!("content-length: {e:?}")))?;
+    }
     for (k, v) in headers {
         fields
             .append(k, v.as_bytes())
@@ -163,8 +169,13 @@ pub fn request(
             }
             Err(StreamError::Closed) => break,
             Err(StreamError::LastOperationFailed(e)) => {
+                if let Some(code) = wasip2::http::types::http_error_code(&e) {
+                    return Err(code_error(code));
+                }
+                // wasmtime-wasi-http reports the host's body cap as a plain
+                // stream error whose text names the limit.
                 let text = e.to_debug_string();
-                if text.contains("HttpResponseBodySize") {
+                if text.contains("body size exceeds") {
                     return Err(Error::TooLarge(max_bytes));
                 }
                 return Err(Error::Failed(format!("reading response body: {text}")));

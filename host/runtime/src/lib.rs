@@ -508,12 +508,14 @@ fn classify_trap(e: &wasmtime::Error, hit: Option<LimitHit>, limits: &Limits, st
             limit_ms: limits.deadline_ms,
         },
         Some(trap) => {
-            // A Rust panic prints its message to stderr before trapping.
-            let panic = stderr
-                .lines()
-                .find(|l| l.contains("panicked at"))
-                .map(|l| format!(" ({})", l.trim()))
-                .unwrap_or_default();
+            // A Rust panic prints its location and message to stderr before
+            // trapping: "thread '..' panicked at src/lib.rs:1:2:\n<message>".
+            let mut lines = stderr.lines().skip_while(|l| !l.contains("panicked at"));
+            let panic = match (lines.next(), lines.next()) {
+                (Some(at), Some(msg)) => format!(" ({} {})", at.trim(), msg.trim()),
+                (Some(at), None) => format!(" ({})", at.trim()),
+                _ => String::new(),
+            };
             Outcome::Trap {
                 message: format!("{trap}{panic}"),
             }
