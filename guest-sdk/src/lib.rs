@@ -152,14 +152,30 @@ impl From<secrets::Error> for ToolError {
 
 type Handler = Box<dyn Fn(&str) -> Result<String, ToolError>>;
 
+/// A schema, generated only when `describe` asks for it: `invoke` must not pay
+/// for schema generation on every call.
+enum Schema {
+    Derived(fn() -> String),
+    Given(String),
+}
+
+impl Schema {
+    fn render(self) -> String {
+        match self {
+            Schema::Derived(f) => f(),
+            Schema::Given(s) => s,
+        }
+    }
+}
+
 /// One action: a name, a description, an effect class and a handler whose input
 /// and output schemas are derived from its types.
 pub struct Action {
     name: &'static str,
     description: &'static str,
     effect: Effect,
-    input_schema: String,
-    output_schema: String,
+    input_schema: Schema,
+    output_schema: Schema,
     handler: Handler,
 }
 
@@ -188,8 +204,8 @@ impl Action {
             name,
             description,
             effect,
-            input_schema: schema_json::<I>(),
-            output_schema: schema_json::<O>(),
+            input_schema: Schema::Derived(schema_json::<I>),
+            output_schema: Schema::Derived(schema_json::<O>),
             handler: Box::new(move |input: &str| {
                 let parsed: I = parse_input(input)?;
                 let out = handler(parsed)?;
@@ -202,7 +218,7 @@ impl Action {
     /// Overrides the derived input schema with a hand-written one (JSON text).
     /// The host checks that it is a valid JSON Schema when it loads the tool.
     pub fn with_input_schema(mut self, schema: &str) -> Action {
-        self.input_schema = schema.to_owned();
+        self.input_schema = Schema::Given(schema.to_owned());
         self
     }
 }
@@ -258,8 +274,8 @@ pub fn __describe<T: Tool>() -> wit::ToolInfo {
             .map(|a| wit::ActionInfo {
                 name: a.name.to_owned(),
                 description: a.description.to_owned(),
-                input_schema: a.input_schema,
-                output_schema: a.output_schema,
+                input_schema: a.input_schema.render(),
+                output_schema: a.output_schema.render(),
                 effect: match a.effect {
                     Effect::Read => wit::Effect::Read,
                     Effect::Write => wit::Effect::Write,
