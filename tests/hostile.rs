@@ -9,12 +9,30 @@ use warden_tests::{backends, grant, invoke, load, root, runtime};
 
 /// A trivial call that must still succeed after each hostile one.
 async fn healthy(rt: &Runtime, text: &Tool) {
-    let r = invoke(rt, text, &grant(""), &backends(&[]), "word_count", json!({"text": "still alive"})).await;
-    assert!(r.outcome.is_ok(), "host unhealthy after a hostile call: {}", r.outcome.reason());
+    let r = invoke(
+        rt,
+        text,
+        &grant(""),
+        &backends(&[]),
+        "word_count",
+        json!({"text": "still alive"}),
+    )
+    .await;
+    assert!(
+        r.outcome.is_ok(),
+        "host unhealthy after a hostile call: {}",
+        r.outcome.reason()
+    );
     assert_eq!(r.output, Some(json!({"words": 2, "lines": 1, "chars": 11})));
 }
 
-async fn hostile(rt: &Runtime, tool: &Tool, limits: &str, action: &str, input: serde_json::Value) -> Report {
+async fn hostile(
+    rt: &Runtime,
+    tool: &Tool,
+    limits: &str,
+    action: &str,
+    input: serde_json::Value,
+) -> Report {
     invoke(rt, tool, &grant(limits), &backends(&[]), action, input).await
 }
 
@@ -31,13 +49,31 @@ async fn each_fixture_is_stopped_by_its_limit() {
     healthy(&rt, &text).await;
 
     // Infinite loop, wall clock first.
-    let r = hostile(&rt, &h, "[limits]\nfuel = 100000000000\ndeadline_ms = 200\n", "spin", json!({})).await;
+    let r = hostile(
+        &rt,
+        &h,
+        "[limits]\nfuel = 100000000000\ndeadline_ms = 200\n",
+        "spin",
+        json!({}),
+    )
+    .await;
     assert_eq!(r.outcome, Outcome::Deadline { limit_ms: 200 });
-    assert!(r.elapsed_us >= 200_000, "stopped early: {} us", r.elapsed_us);
+    assert!(
+        r.elapsed_us >= 200_000,
+        "stopped early: {} us",
+        r.elapsed_us
+    );
     healthy(&rt, &text).await;
 
     // Memory bomb.
-    let r = hostile(&rt, &h, "[limits]\nmemory_bytes = 16777216\n", "memory_bomb", json!({})).await;
+    let r = hostile(
+        &rt,
+        &h,
+        "[limits]\nmemory_bytes = 16777216\n",
+        "memory_bomb",
+        json!({}),
+    )
+    .await;
     match r.outcome {
         Outcome::MemoryLimit { limit, requested } => {
             assert_eq!(limit, 16 << 20);
@@ -53,26 +89,59 @@ async fn each_fixture_is_stopped_by_its_limit() {
     healthy(&rt, &text).await;
 
     // Huge output.
-    let r = hostile(&rt, &h, "[limits]\noutput_bytes = 1000\n", "huge_output", json!({"bytes": 5000})).await;
-    assert_eq!(r.outcome, Outcome::OutputTooLarge { limit: 1000, size: 5011 });
+    let r = hostile(
+        &rt,
+        &h,
+        "[limits]\noutput_bytes = 1000\n",
+        "huge_output",
+        json!({"bytes": 5000}),
+    )
+    .await;
+    assert_eq!(
+        r.outcome,
+        Outcome::OutputTooLarge {
+            limit: 1000,
+            size: 5011
+        }
+    );
     assert_eq!(r.output, None);
-    let r = hostile(&rt, &h, "[limits]\noutput_bytes = 1000\n", "huge_output", json!({"bytes": 10})).await;
+    let r = hostile(
+        &rt,
+        &h,
+        "[limits]\noutput_bytes = 1000\n",
+        "huge_output",
+        json!({"bytes": 10}),
+    )
+    .await;
     assert!(r.outcome.is_ok());
     healthy(&rt, &text).await;
 
     // Stdout/stderr flood: captured up to the cap, the rest dropped and counted.
-    let r = hostile(&rt, &h, "[limits]\nstdio_bytes = 4096\n", "stdio_flood", json!({"bytes": 10_000_000})).await;
+    let r = hostile(
+        &rt,
+        &h,
+        "[limits]\nstdio_bytes = 4096\n",
+        "stdio_flood",
+        json!({"bytes": 10_000_000}),
+    )
+    .await;
     assert!(r.outcome.is_ok(), "{}", r.outcome.reason());
     assert_eq!(r.stdout.len(), 4096);
     assert_eq!(r.stderr.len(), 4096);
-    assert_eq!(r.stdio_dropped, 2 * (10_000_000_u64.div_ceil(2048) * 1024) - 8192);
+    assert_eq!(
+        r.stdio_dropped,
+        2 * (10_000_000_u64.div_ceil(2048) * 1024) - 8192
+    );
     healthy(&rt, &text).await;
 
     // Panic: a trap carrying the panic message.
     let r = hostile(&rt, &h, "", "panic", json!({})).await;
     match &r.outcome {
         Outcome::Trap { message } => {
-            assert!(message.contains("hostile fixture panicked on purpose"), "{message}")
+            assert!(
+                message.contains("hostile fixture panicked on purpose"),
+                "{message}"
+            )
         }
         other => panic!("panic: {other:?}"),
     }
@@ -82,13 +151,22 @@ async fn each_fixture_is_stopped_by_its_limit() {
 #[tokio::test]
 async fn invalid_components_are_refused_at_load() {
     let rt = runtime();
-    match rt.load_file(&warden_tests::guest("fixture_bad_schema")).await {
+    match rt
+        .load_file(&warden_tests::guest("fixture_bad_schema"))
+        .await
+    {
         Err(Error::InvalidDescription(m)) => {
-            assert!(m.contains("action `noop`: input schema is not a valid JSON Schema"), "{m}")
+            assert!(
+                m.contains("action `noop`: input schema is not a valid JSON Schema"),
+                "{m}"
+            )
         }
         other => panic!("bad schema accepted: {other:?}"),
     }
-    match rt.load_file(&root().join("tools/fixtures/malformed.wasm")).await {
+    match rt
+        .load_file(&root().join("tools/fixtures/malformed.wasm"))
+        .await
+    {
         Err(Error::InvalidComponent(m)) => assert!(m.contains("failed to parse"), "{m}"),
         other => panic!("malformed accepted: {other:?}"),
     }

@@ -24,7 +24,11 @@ fn no_inherit_in_host_code() {
     let needle = [".inherit", "_"].concat();
     for f in files {
         let text = std::fs::read_to_string(&f).expect("read");
-        assert!(!text.contains(&needle), "{} calls an inherit function", f.display());
+        assert!(
+            !text.contains(&needle),
+            "{} calls an inherit function",
+            f.display()
+        );
     }
 }
 
@@ -35,7 +39,10 @@ fn every_fixture_has_a_test() {
         .iter()
         .map(|f| std::fs::read_to_string(root().join("tests").join(f)).expect("test file"))
         .collect();
-    for e in std::fs::read_dir(root().join("tools/fixtures")).expect("fixtures").flatten() {
+    for e in std::fs::read_dir(root().join("tools/fixtures"))
+        .expect("fixtures")
+        .flatten()
+    {
         let name = e.file_name().to_string_lossy().into_owned();
         if name == "README.md" {
             continue;
@@ -44,8 +51,26 @@ fn every_fixture_has_a_test() {
             || format!("fixture_{}", name.replace('-', "_")),
             |_| name.clone(),
         );
-        assert!(tests.contains(&referenced), "fixture `{name}` has no test (looked for `{referenced}`)");
+        assert!(
+            tests.contains(&referenced),
+            "fixture `{name}` has no test (looked for `{referenced}`)"
+        );
     }
+}
+
+/// Every example grant file parses.
+#[test]
+fn example_grants_parse() {
+    let dir = root().join("examples/grants");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).expect("examples/grants").flatten() {
+        let text = std::fs::read_to_string(e.path()).expect("read");
+        if let Err(err) = warden_policy::Grant::from_toml(&text) {
+            panic!("{}: {err}", e.path().display());
+        }
+        n += 1;
+    }
+    assert!(n >= 2);
 }
 
 /// Every capability is described in ARCHITECTURE.md and the README's grant
@@ -55,8 +80,14 @@ fn every_capability_is_documented() {
     let arch = std::fs::read_to_string(root().join("ARCHITECTURE.md")).expect("ARCHITECTURE.md");
     let readme = std::fs::read_to_string(root().join("README.md")).expect("README.md");
     for cap in warden_policy::Capability::ALL {
-        assert!(arch.contains(&format!("`{cap}`")), "ARCHITECTURE.md does not mention `{cap}`");
-        assert!(readme.contains(&format!("[{cap}]")), "README.md has no grant example `[{cap}]`");
+        assert!(
+            arch.contains(&format!("`{cap}`")),
+            "ARCHITECTURE.md does not mention `{cap}`"
+        );
+        assert!(
+            readme.contains(&format!("[{cap}]")),
+            "README.md has no grant example `[{cap}]`"
+        );
     }
 }
 
@@ -67,8 +98,8 @@ fn readme_grant_examples_parse() {
     let mut n = 0;
     for block in readme.split("```toml").skip(1) {
         let body = block.split("```").next().unwrap_or_default();
-        if body.contains("[[actions]]") {
-            continue; // a tool manifest, not a grant
+        if body.contains("[[actions]]") || body.contains("[package]") {
+            continue; // a tool manifest or Cargo.toml, not a grant
         }
         if let Err(e) = warden_policy::Grant::from_toml(body) {
             panic!("README grant example does not parse: {e}\n{body}");

@@ -14,16 +14,52 @@ async fn text_actions_and_invalid_input() {
     let text = load(&rt, "text").await;
     let (g, b) = (grant(""), backends(&[]));
     let cases = [
-        ("word_count", json!({"text": "one two\nthree"}), Ok(json!({"words": 3, "lines": 2, "chars": 13}))),
-        ("regex_extract", json!({"text": "a1 b22 c333", "pattern": "[0-9]+", "limit": 2}), Ok(json!({"matches": ["1", "22"]}))),
-        ("json_select", json!({"document": {"a": [{"b": 7}]}, "pointer": "/a/0/b"}), Ok(json!({"found": true, "value": 7}))),
-        ("json_select", json!({"document": {}, "pointer": "/missing"}), Ok(json!({"found": false, "value": null}))),
+        (
+            "word_count",
+            json!({"text": "one two\nthree"}),
+            Ok(json!({"words": 3, "lines": 2, "chars": 13})),
+        ),
+        (
+            "regex_extract",
+            json!({"text": "a1 b22 c333", "pattern": "[0-9]+", "limit": 2}),
+            Ok(json!({"matches": ["1", "22"]})),
+        ),
+        (
+            "json_select",
+            json!({"document": {"a": [{"b": 7}]}, "pointer": "/a/0/b"}),
+            Ok(json!({"found": true, "value": 7})),
+        ),
+        (
+            "json_select",
+            json!({"document": {}, "pointer": "/missing"}),
+            Ok(json!({"found": false, "value": null})),
+        ),
         // Invalid input names the field.
-        ("word_count", json!({}), Err(("text", "missing field `text`"))),
-        ("word_count", json!({"text": 5}), Err(("text", "invalid type"))),
-        ("word_count", json!({"text": "x", "extra": 1}), Err(("extra", "unknown field"))),
-        ("regex_extract", json!({"text": "x", "pattern": "("}), Err(("pattern", "regex parse error"))),
-        ("json_select", json!({"document": {}, "pointer": "a"}), Err(("pointer", "must be empty or start with"))),
+        (
+            "word_count",
+            json!({}),
+            Err(("text", "missing field `text`")),
+        ),
+        (
+            "word_count",
+            json!({"text": 5}),
+            Err(("text", "invalid type")),
+        ),
+        (
+            "word_count",
+            json!({"text": "x", "extra": 1}),
+            Err(("extra", "unknown field")),
+        ),
+        (
+            "regex_extract",
+            json!({"text": "x", "pattern": "("}),
+            Err(("pattern", "regex parse error")),
+        ),
+        (
+            "json_select",
+            json!({"document": {}, "pointer": "a"}),
+            Err(("pointer", "must be empty or start with")),
+        ),
     ];
     for (action, input, expected) in cases {
         let r = invoke(&rt, &text, &g, &b, action, input.clone()).await;
@@ -37,7 +73,12 @@ async fn text_actions_and_invalid_input() {
         }
     }
     let r = invoke(&rt, &text, &g, &b, "no_such_action", json!({})).await;
-    assert_eq!(r.outcome, Outcome::UnknownAction { action: "no_such_action".into() });
+    assert_eq!(
+        r.outcome,
+        Outcome::UnknownAction {
+            action: "no_such_action".into()
+        }
+    );
 }
 
 #[tokio::test]
@@ -45,21 +86,55 @@ async fn tickets_per_action_permissions() {
     let rt = runtime();
     let tickets = load(&rt, "tickets").await;
     let b = backends(&[]);
-    let support = grant("actions = [\"open_ticket\", \"read_ticket\", \"draft_reply\"]\n[kv]\nnamespace = \"desk\"\n[log]\n");
+    let support = grant(
+        "actions = [\"open_ticket\", \"read_ticket\", \"draft_reply\"]\n[kv]\nnamespace = \"desk\"\n[log]\n",
+    );
     let admin = grant("[kv]\nnamespace = \"desk\"\n[log]\n");
 
-    let r = invoke(&rt, &tickets, &support, &b, "open_ticket", json!({"subject": "VPN down", "body": "since 9am"})).await;
+    let r = invoke(
+        &rt,
+        &tickets,
+        &support,
+        &b,
+        "open_ticket",
+        json!({"subject": "VPN down", "body": "since 9am"}),
+    )
+    .await;
     assert!(r.outcome.is_ok(), "{}", r.outcome.reason());
-    let r = invoke(&rt, &tickets, &support, &b, "draft_reply", json!({"id": 1, "message": "We are on it."})).await;
-    assert_eq!(r.output.as_ref().and_then(|o| o.get("draft_reply")), Some(&json!("We are on it.")));
+    let r = invoke(
+        &rt,
+        &tickets,
+        &support,
+        &b,
+        "draft_reply",
+        json!({"id": 1, "message": "We are on it."}),
+    )
+    .await;
+    assert_eq!(
+        r.output.as_ref().and_then(|o| o.get("draft_reply")),
+        Some(&json!("We are on it."))
+    );
     let r = invoke(&rt, &tickets, &support, &b, "read_ticket", json!({"id": 1})).await;
-    assert_eq!(r.output.as_ref().and_then(|o| o.get("subject")), Some(&json!("VPN down")));
+    assert_eq!(
+        r.output.as_ref().and_then(|o| o.get("subject")),
+        Some(&json!("VPN down"))
+    );
 
     // The destructive action is not in the support grant: refused before running.
-    let r = invoke(&rt, &tickets, &support, &b, "delete_record", json!({"id": 1})).await;
+    let r = invoke(
+        &rt,
+        &tickets,
+        &support,
+        &b,
+        "delete_record",
+        json!({"id": 1}),
+    )
+    .await;
     assert_eq!(
         r.outcome,
-        Outcome::NotGranted { reason: "action `delete_record` of tool `tickets` is not in the grant".into() }
+        Outcome::NotGranted {
+            reason: "action `delete_record` of tool `tickets` is not in the grant".into()
+        }
     );
     assert!(r.imports.is_empty(), "nothing ran");
     let r = invoke(&rt, &tickets, &support, &b, "read_ticket", json!({"id": 1})).await;
@@ -68,8 +143,21 @@ async fn tickets_per_action_permissions() {
     let r = invoke(&rt, &tickets, &admin, &b, "delete_record", json!({"id": 1})).await;
     assert_eq!(r.output, Some(json!({"id": 1, "deleted": true})));
     let r = invoke(&rt, &tickets, &admin, &b, "read_ticket", json!({"id": 1})).await;
-    assert_eq!(r.outcome, Outcome::Failed { message: "ticket 1 does not exist".into() });
-    let r = invoke(&rt, &tickets, &admin, &b, "open_ticket", json!({"subject": " ", "body": ""})).await;
+    assert_eq!(
+        r.outcome,
+        Outcome::Failed {
+            message: "ticket 1 does not exist".into()
+        }
+    );
+    let r = invoke(
+        &rt,
+        &tickets,
+        &admin,
+        &b,
+        "open_ticket",
+        json!({"subject": " ", "body": ""}),
+    )
+    .await;
     assert!(matches!(r.outcome, Outcome::InvalidInput { ref field, .. } if field == "subject"));
 }
 
@@ -80,33 +168,71 @@ async fn manifests_agree_with_descriptions() {
     let rt = runtime();
     for name in ["text", "http-fetch", "files", "kv", "tickets"] {
         let path = root().join("tools").join(name).join("tool.toml");
-        let manifest: toml::Value = toml::from_str(&std::fs::read_to_string(&path).expect("manifest")).expect("manifest toml");
+        let manifest: toml::Value =
+            toml::from_str(&std::fs::read_to_string(&path).expect("manifest"))
+                .expect("manifest toml");
         let tool = load(&rt, name).await;
         let info = tool.info();
-        assert_eq!(manifest["name"].as_str(), Some(info.name.as_str()), "{name}");
-        assert_eq!(manifest["version"].as_str(), Some(info.version.as_str()), "{name}");
+        assert_eq!(
+            manifest["name"].as_str(),
+            Some(info.name.as_str()),
+            "{name}"
+        );
+        assert_eq!(
+            manifest["version"].as_str(),
+            Some(info.version.as_str()),
+            "{name}"
+        );
         let declared: BTreeSet<(String, String)> = manifest["actions"]
             .as_array()
             .expect("actions")
             .iter()
-            .map(|a| (a["name"].as_str().unwrap_or_default().to_owned(), a["effect"].as_str().unwrap_or_default().to_owned()))
+            .map(|a| {
+                (
+                    a["name"].as_str().unwrap_or_default().to_owned(),
+                    a["effect"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
             .collect();
         let described: BTreeSet<(String, String)> = info
             .actions
             .iter()
-            .map(|a| (a.name.clone(), serde_json::to_value(a.effect).expect("effect").as_str().unwrap_or_default().to_owned()))
+            .map(|a| {
+                (
+                    a.name.clone(),
+                    serde_json::to_value(a.effect)
+                        .expect("effect")
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                )
+            })
             .collect();
-        assert_eq!(declared, described, "{name}: manifest actions differ from describe");
+        assert_eq!(
+            declared, described,
+            "{name}: manifest actions differ from describe"
+        );
         let caps: BTreeSet<String> = manifest["capabilities"]
             .as_array()
             .expect("capabilities")
             .iter()
             .filter_map(|c| c.as_str().map(str::to_owned))
             .collect();
-        let imported: BTreeSet<String> = tool.required_capabilities().iter().map(|c| c.to_string()).collect();
-        assert_eq!(caps, imported, "{name}: manifest capabilities differ from the component's imports");
+        let imported: BTreeSet<String> = tool
+            .required_capabilities()
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        assert_eq!(
+            caps, imported,
+            "{name}: manifest capabilities differ from the component's imports"
+        );
         for a in &info.actions {
-            assert!(a.input_schema.is_object() && a.output_schema.is_object(), "{name}/{}", a.name);
+            assert!(
+                a.input_schema.is_object() && a.output_schema.is_object(),
+                "{name}/{}",
+                a.name
+            );
         }
     }
 }

@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::json;
+use warden_runtime::{Call, Runtime, RuntimeConfig};
+use warden_tests::{backends, grant, guest, invoke, load};
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-use warden_runtime::{Call, Runtime, RuntimeConfig};
-use warden_tests::{backends, grant, guest, invoke, load};
 
 wasmtime::component::bindgen!({
     path: "../wit",
@@ -70,8 +70,14 @@ fn raw_wasmtime(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
             );
             store.set_fuel(1_000_000_000).expect("fuel");
             store.set_epoch_deadline(1000);
-            let tool = pre.instantiate_async(&mut store).await.expect("instantiate");
-            let out = tool.call_invoke(&mut store, "word_count", INPUT).await.expect("call");
+            let tool = pre
+                .instantiate_async(&mut store)
+                .await
+                .expect("instantiate");
+            let out = tool
+                .call_invoke(&mut store, "word_count", INPUT)
+                .await
+                .expect("call");
             assert!(out.is_ok());
             let _ = std::hint::black_box(out);
         })
@@ -86,16 +92,23 @@ fn warden_full(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
         cache_dir: None,
     })
     .expect("runtime");
-    let tool = rt.block_on(runtime.load_file(&guest("text"))).expect("load");
+    let tool = rt
+        .block_on(runtime.load_file(&guest("text")))
+        .expect("load");
     let g = grant("");
     let b = backends(&[]);
     c.bench_function("warden/text.word_count", |bench| {
         bench.to_async(rt).iter(|| async {
             let r = runtime
-                .invoke(&tool, g.clone(), &b, Call {
-                    action: "word_count",
-                    input: INPUT,
-                })
+                .invoke(
+                    &tool,
+                    g.clone(),
+                    &b,
+                    Call {
+                        action: "word_count",
+                        input: INPUT,
+                    },
+                )
                 .await;
             assert!(r.outcome.is_ok());
             std::hint::black_box(r);
@@ -114,7 +127,8 @@ fn compile_vs_cache(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
             cache_dir: None,
         })
         .expect("runtime");
-        b.to_async(rt).iter(|| async { std::hint::black_box(runtime.load(&bytes).await.expect("load")) })
+        b.to_async(rt)
+            .iter(|| async { std::hint::black_box(runtime.load(&bytes).await.expect("load")) })
     });
     let dir = std::env::temp_dir().join(format!("warden-bench-cache-{}", std::process::id()));
     let runtime = Runtime::new(RuntimeConfig {
@@ -124,7 +138,8 @@ fn compile_vs_cache(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
     .expect("runtime");
     rt.block_on(runtime.load(&bytes)).expect("warm the cache");
     group.bench_function("cached .cwasm", |b| {
-        b.to_async(rt).iter(|| async { std::hint::black_box(runtime.load(&bytes).await.expect("load")) })
+        b.to_async(rt)
+            .iter(|| async { std::hint::black_box(runtime.load(&bytes).await.expect("load")) })
     });
     group.finish();
     let _ = std::fs::remove_dir_all(dir);
@@ -145,7 +160,9 @@ fn runaway(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
     let mut loops = Vec::new();
     for _ in 0..2 {
         let (runtime, hostile, spin) = (runtime.clone(), hostile.clone(), spin.clone());
-        loops.push(rt.spawn(async move { invoke(&runtime, &hostile, &spin, &backends(&[]), "spin", json!({})).await }));
+        loops.push(rt.spawn(async move {
+            invoke(&runtime, &hostile, &spin, &backends(&[]), "spin", json!({})).await
+        }));
     }
     rt.block_on(tokio::time::sleep(Duration::from_millis(100)));
     let g = grant("");
@@ -158,7 +175,17 @@ fn runaway(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
             async move {
                 let start = Instant::now();
                 for _ in 0..iters {
-                    let r = runtime.invoke(&text, g.clone(), &b, Call { action: "word_count", input: INPUT }).await;
+                    let r = runtime
+                        .invoke(
+                            &text,
+                            g.clone(),
+                            &b,
+                            Call {
+                                action: "word_count",
+                                input: INPUT,
+                            },
+                        )
+                        .await;
                     assert!(r.outcome.is_ok());
                 }
                 start.elapsed()

@@ -37,25 +37,146 @@ async fn main() -> anyhow::Result<()> {
 
     println!("Warden demo: each line is one sandboxed call (fresh instance, grant-scoped).\n");
     let none = grant("");
-    show("text.word_count, no capabilities", &invoke(&rt, &text, &none, &b, "word_count", json!({"text": "agents call tools"})).await);
-    show("text.word_count with a bad field", &invoke(&rt, &text, &none, &b, "word_count", json!({"txt": 1})).await);
+    show(
+        "text.word_count, no capabilities",
+        &invoke(
+            &rt,
+            &text,
+            &none,
+            &b,
+            "word_count",
+            json!({"text": "agents call tools"}),
+        )
+        .await,
+    );
+    show(
+        "text.word_count with a bad field",
+        &invoke(&rt, &text, &none, &b, "word_count", json!({"txt": 1})).await,
+    );
 
-    let support = grant("actions = [\"open_ticket\", \"read_ticket\", \"draft_reply\"]\n[kv]\nnamespace = \"desk\"\n[log]\n");
-    show("tickets.open_ticket (support grant)", &invoke(&rt, &tickets, &support, &b, "open_ticket", json!({"subject": "VPN down", "body": "since 9"})).await);
-    show("tickets.delete_record (not in the support grant)", &invoke(&rt, &tickets, &support, &b, "delete_record", json!({"id": 1})).await);
-    show("tickets.read_ticket without a kv grant", &invoke(&rt, &tickets, &none, &b, "read_ticket", json!({"id": 1})).await);
+    let support = grant(
+        "actions = [\"open_ticket\", \"read_ticket\", \"draft_reply\"]\n[kv]\nnamespace = \"desk\"\n[log]\n",
+    );
+    show(
+        "tickets.open_ticket (support grant)",
+        &invoke(
+            &rt,
+            &tickets,
+            &support,
+            &b,
+            "open_ticket",
+            json!({"subject": "VPN down", "body": "since 9"}),
+        )
+        .await,
+    );
+    show(
+        "tickets.delete_record (not in the support grant)",
+        &invoke(
+            &rt,
+            &tickets,
+            &support,
+            &b,
+            "delete_record",
+            json!({"id": 1}),
+        )
+        .await,
+    );
+    show(
+        "tickets.read_ticket without a kv grant",
+        &invoke(&rt, &tickets, &none, &b, "read_ticket", json!({"id": 1})).await,
+    );
 
-    let fs = grant(&format!("[fs]\ndirs = [{{ host = \"{}\", guest = \"/workspace\", mode = \"read-only\" }}]\n", work.path().display()));
-    show("files.read inside the granted directory", &invoke(&rt, &files, &fs, &b, "read", json!({"path": "hello.txt"})).await);
-    show("files.write under a read-only grant", &invoke(&rt, &files, &fs, &b, "write", json!({"path": "x.txt", "content": "x"})).await);
-    show("files.read ../ escape", &invoke(&rt, &files, &fs, &b, "read", json!({"path": "../etc/passwd"})).await);
+    let fs = grant(&format!(
+        "[fs]\ndirs = [{{ host = \"{}\", guest = \"/workspace\", mode = \"read-only\" }}]\n",
+        work.path().display()
+    ));
+    show(
+        "files.read inside the granted directory",
+        &invoke(&rt, &files, &fs, &b, "read", json!({"path": "hello.txt"})).await,
+    );
+    show(
+        "files.write under a read-only grant",
+        &invoke(
+            &rt,
+            &files,
+            &fs,
+            &b,
+            "write",
+            json!({"path": "x.txt", "content": "x"}),
+        )
+        .await,
+    );
+    show(
+        "files.read ../ escape",
+        &invoke(
+            &rt,
+            &files,
+            &fs,
+            &b,
+            "read",
+            json!({"path": "../etc/passwd"}),
+        )
+        .await,
+    );
 
-    show("hostile.spin, 50M fuel", &invoke(&rt, &hostile, &grant("[limits]\nfuel = 50000000\n"), &b, "spin", json!({})).await);
-    show("hostile.spin, 200 ms deadline", &invoke(&rt, &hostile, &grant("[limits]\nfuel = 100000000000\ndeadline_ms = 200\n"), &b, "spin", json!({})).await);
-    show("hostile.memory_bomb, 16 MiB", &invoke(&rt, &hostile, &grant("[limits]\nmemory_bytes = 16777216\n"), &b, "memory_bomb", json!({})).await);
-    show("hostile.deep_recursion", &invoke(&rt, &hostile, &none, &b, "deep_recursion", json!({})).await);
-    show("hostile.panic", &invoke(&rt, &hostile, &none, &b, "panic", json!({})).await);
-    show("text.word_count after all that", &invoke(&rt, &text, &none, &b, "word_count", json!({"text": "still healthy"})).await);
-    println!("\nNext: `cargo run -p warden -- run <component.wasm> --action … --input … --grant grant.toml --json` (see README).");
+    show(
+        "hostile.spin, 50M fuel",
+        &invoke(
+            &rt,
+            &hostile,
+            &grant("[limits]\nfuel = 50000000\n"),
+            &b,
+            "spin",
+            json!({}),
+        )
+        .await,
+    );
+    show(
+        "hostile.spin, 200 ms deadline",
+        &invoke(
+            &rt,
+            &hostile,
+            &grant("[limits]\nfuel = 100000000000\ndeadline_ms = 200\n"),
+            &b,
+            "spin",
+            json!({}),
+        )
+        .await,
+    );
+    show(
+        "hostile.memory_bomb, 16 MiB",
+        &invoke(
+            &rt,
+            &hostile,
+            &grant("[limits]\nmemory_bytes = 16777216\n"),
+            &b,
+            "memory_bomb",
+            json!({}),
+        )
+        .await,
+    );
+    show(
+        "hostile.deep_recursion",
+        &invoke(&rt, &hostile, &none, &b, "deep_recursion", json!({})).await,
+    );
+    show(
+        "hostile.panic",
+        &invoke(&rt, &hostile, &none, &b, "panic", json!({})).await,
+    );
+    show(
+        "text.word_count after all that",
+        &invoke(
+            &rt,
+            &text,
+            &none,
+            &b,
+            "word_count",
+            json!({"text": "still healthy"}),
+        )
+        .await,
+    );
+    println!(
+        "\nNext: `cargo run -p warden -- run <component.wasm> --action … --input … --grant grant.toml --json` (see README)."
+    );
     Ok(())
 }

@@ -72,7 +72,13 @@ pub fn get(url: &str, max_bytes: u64) -> Result<Response, Error> {
 
 /// `POST url` with a body, reading at most `max_bytes` of response body.
 pub fn post(url: &str, content_type: &str, body: &[u8], max_bytes: u64) -> Result<Response, Error> {
-    request("POST", url, &[("content-type", content_type)], Some(body), max_bytes)
+    request(
+        "POST",
+        url,
+        &[("content-type", content_type)],
+        Some(body),
+        max_bytes,
+    )
 }
 
 /// Sends one request. `url` is `http(s)://host[:port][/path?query]`.
@@ -89,7 +95,11 @@ pub fn request(
     let scheme = match scheme {
         "http" => Scheme::Http,
         "https" => Scheme::Https,
-        other => return Err(Error::InvalidUrl(format!("scheme `{other}` is not http or https"))),
+        other => {
+            return Err(Error::InvalidUrl(format!(
+                "scheme `{other}` is not http or https"
+            )));
+        }
     };
     let (authority, path) = match rest.find(['/', '?']) {
         Some(i) => (&rest[..i], &rest[i..]),
@@ -125,9 +135,13 @@ pub fn request(
     let bad = |what: &str| Error::InvalidUrl(format!("{what} of `{url}` is not valid"));
     req.set_method(&method).map_err(|_| bad("method"))?;
     req.set_scheme(Some(&scheme)).map_err(|_| bad("scheme"))?;
-    req.set_authority(Some(authority)).map_err(|_| bad("authority"))?;
-    req.set_path_with_query(Some(path)).map_err(|_| bad("path"))?;
-    let out_body = req.body().map_err(|_| Error::Failed("request body unavailable".into()))?;
+    req.set_authority(Some(authority))
+        .map_err(|_| bad("authority"))?;
+    req.set_path_with_query(Some(path))
+        .map_err(|_| bad("path"))?;
+    let out_body = req
+        .body()
+        .map_err(|_| Error::Failed("request body unavailable".into()))?;
 
     let future = outgoing_handler::handle(req, None).map_err(code_error)?;
 

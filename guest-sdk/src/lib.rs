@@ -237,10 +237,9 @@ fn parse_input<I: DeserializeOwned>(input: &str) -> Result<I, ToolError> {
         let message = e.inner().to_string();
         // A missing or unknown field is reported by serde at the parent path; the
         // field's own name is between backticks in the message.
-        let named = message
-            .split('`')
-            .nth(1)
-            .filter(|_| message.starts_with("missing field") || message.starts_with("unknown field"));
+        let named = message.split('`').nth(1).filter(|_| {
+            message.starts_with("missing field") || message.starts_with("unknown field")
+        });
         let field = match (path.as_str(), named) {
             (".", Some(n)) => n.to_owned(),
             (".", None) => "$".to_owned(),
@@ -335,8 +334,8 @@ pub mod kv {
     use serde::Serialize;
     use serde::de::DeserializeOwned;
 
-    pub use crate::bindings::warden::tool::kv::Error;
     use crate::bindings::warden::tool::kv as raw;
+    pub use crate::bindings::warden::tool::kv::Error;
 
     /// The value stored under `key`, if any.
     pub fn get(key: &str) -> Result<Option<Vec<u8>>, Error> {
@@ -362,9 +361,9 @@ pub mod kv {
     pub fn get_json<T: DeserializeOwned>(key: &str) -> Result<Option<T>, Error> {
         match raw::get(key)? {
             None => Ok(None),
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| Error::Backend(format!("value of `{key}` is not the expected JSON: {e}"))),
+            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                Error::Backend(format!("value of `{key}` is not the expected JSON: {e}"))
+            }),
         }
     }
 
@@ -377,8 +376,8 @@ pub mod kv {
 
 /// Secrets granted to the tool, by name.
 pub mod secrets {
-    pub use crate::bindings::warden::tool::secrets::Error;
     use crate::bindings::warden::tool::secrets as raw;
+    pub use crate::bindings::warden::tool::secrets::Error;
 
     /// The value of the secret `name`.
     pub fn get(name: &str) -> Result<String, Error> {

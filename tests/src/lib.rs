@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use warden_policy::Grant;
-use warden_runtime::{Backends, Call, MemoryKv, Report, Runtime, RuntimeConfig, StaticSecrets, Tool};
+use warden_runtime::{
+    Backends, Call, MemoryKv, Report, Runtime, RuntimeConfig, StaticSecrets, Tool,
+};
 
 /// The repository root.
 pub fn root() -> PathBuf {
@@ -51,15 +53,34 @@ pub fn backends(secrets: &[(&str, &str)]) -> Backends {
     Backends {
         kv: Arc::new(MemoryKv::default()),
         secrets: Arc::new(StaticSecrets(
-            secrets.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            secrets
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         )),
     }
 }
 
 /// Invokes one action.
-pub async fn invoke(rt: &Runtime, tool: &Tool, grant: &Arc<Grant>, backends: &Backends, action: &str, input: serde_json::Value) -> Report {
+pub async fn invoke(
+    rt: &Runtime,
+    tool: &Tool,
+    grant: &Arc<Grant>,
+    backends: &Backends,
+    action: &str,
+    input: serde_json::Value,
+) -> Report {
     let input = input.to_string();
-    rt.invoke(tool, grant.clone(), backends, Call { action, input: &input }).await
+    rt.invoke(
+        tool,
+        grant.clone(),
+        backends,
+        Call {
+            action,
+            input: &input,
+        },
+    )
+    .await
 }
 
 /// A tiny HTTP/1.1 server on 127.0.0.1 for http capability tests. Routes:
@@ -91,7 +112,11 @@ pub fn http_server() -> SocketAddr {
                 }
                 let mut body = vec![0u8; content_length.min(1 << 20)];
                 let _ = reader.read_exact(&mut body);
-                let path = request_line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                let path = request_line
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or("/")
+                    .to_owned();
                 let response_body: Vec<u8> = match path.as_str() {
                     "/hello" => b"hello".to_vec(),
                     "/big" => vec![b'b'; 2 << 20],
@@ -102,9 +127,18 @@ pub fn http_server() -> SocketAddr {
                     }
                     _ => b"not found".to_vec(),
                 };
-                let status = if path == "/hello" || path == "/big" || path == "/echo" || path == "/slow" { "200 OK" } else { "404 Not Found" };
+                let status =
+                    if path == "/hello" || path == "/big" || path == "/echo" || path == "/slow" {
+                        "200 OK"
+                    } else {
+                        "404 Not Found"
+                    };
                 let mut s = &stream;
-                let _ = write!(s, "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", response_body.len());
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    response_body.len()
+                );
                 let _ = s.write_all(&response_body);
             });
         }

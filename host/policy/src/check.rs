@@ -16,13 +16,22 @@ use crate::{MAX_KV_KEY_BYTES, SecretsGrant};
 #[serde(tag = "op", rename_all = "kebab-case")]
 pub enum ImportCall {
     /// Open a file or directory. `write` covers write access, create and truncate.
-    FsOpen { path: String, write: bool },
+    FsOpen {
+        path: String,
+        write: bool,
+    },
     /// Read metadata or a link, or list a directory.
-    FsRead { path: String },
+    FsRead {
+        path: String,
+    },
     /// Create a directory, set times, or link/rename into `path`.
-    FsWrite { path: String },
+    FsWrite {
+        path: String,
+    },
     /// Remove a file or directory.
-    FsDelete { path: String },
+    FsDelete {
+        path: String,
+    },
     /// An outgoing HTTP request.
     HttpRequest {
         scheme: String,
@@ -31,12 +40,25 @@ pub enum ImportCall {
         method: String,
         path: String,
     },
-    KvGet { key: String },
-    KvSet { key: String, len: u64 },
-    KvDelete { key: String },
-    KvList { prefix: String },
-    SecretGet { name: String },
-    Log { len: u64 },
+    KvGet {
+        key: String,
+    },
+    KvSet {
+        key: String,
+        len: u64,
+    },
+    KvDelete {
+        key: String,
+    },
+    KvList {
+        prefix: String,
+    },
+    SecretGet {
+        name: String,
+    },
+    Log {
+        len: u64,
+    },
 }
 
 impl ImportCall {
@@ -89,9 +111,9 @@ impl ImportCall {
                 method,
                 path,
             } => format!("{method} {scheme}://{host}:{port}{path}"),
-            ImportCall::KvGet { key } | ImportCall::KvSet { key, .. } | ImportCall::KvDelete { key } => {
-                key.clone()
-            }
+            ImportCall::KvGet { key }
+            | ImportCall::KvSet { key, .. }
+            | ImportCall::KvDelete { key } => key.clone(),
             ImportCall::KvList { prefix } => format!("{prefix}*"),
             ImportCall::SecretGet { name } => name.clone(),
             ImportCall::Log { len } => format!("{len} bytes"),
@@ -105,7 +127,10 @@ impl ImportCall {
 pub enum Decision {
     Allow,
     /// Refused. `rule` names what decided (`grant.http`, `grant.fs.path`...).
-    Deny { reason: String, rule: String },
+    Deny {
+        reason: String,
+        rule: String,
+    },
 }
 
 impl Decision {
@@ -162,7 +187,10 @@ pub fn check_import(grant: &Grant, call: &ImportCall) -> Decision {
         ImportCall::KvSet { key, len } => match &grant.kv {
             Some(kv) if !kv.write => Decision::deny(
                 "grant.kv.write",
-                format!("kv: set `{key}` denied: namespace `{}` is granted read-only", kv.namespace),
+                format!(
+                    "kv: set `{key}` denied: namespace `{}` is granted read-only",
+                    kv.namespace
+                ),
             ),
             Some(kv) if *len > kv.max_value_bytes => Decision::deny(
                 "grant.kv.max_value_bytes",
@@ -200,13 +228,19 @@ fn check_fs(fs: &FsGrant, path: &str, write: bool) -> Decision {
     if !path.starts_with('/') {
         return Decision::deny(
             "grant.fs.path",
-            format!("fs: path `{path}` is not under a granted directory (grant allows: {})", fs.describe()),
+            format!(
+                "fs: path `{path}` is not under a granted directory (grant allows: {})",
+                fs.describe()
+            ),
         );
     }
     if path.split('/').any(|c| c == "..") {
         return Decision::deny(
             "grant.fs.path",
-            format!("fs: path `{path}` contains `..` (grant allows: {})", fs.describe()),
+            format!(
+                "fs: path `{path}` contains `..` (grant allows: {})",
+                fs.describe()
+            ),
         );
     }
     // The longest granted directory that contains the path decides the mode.
@@ -228,7 +262,10 @@ fn check_fs(fs: &FsGrant, path: &str, write: bool) -> Decision {
         ),
         Some(d) if write && d.mode == DirMode::ReadOnly => Decision::deny(
             "grant.fs.mode",
-            format!("fs: write to `{path}` denied: `{}` is granted read-only", d.guest),
+            format!(
+                "fs: write to `{path}` denied: `{}` is granted read-only",
+                d.guest
+            ),
         ),
         Some(_) => Decision::Allow,
     }
@@ -241,7 +278,10 @@ fn check_http(http: &HttpGrant, scheme: &str, host: &str, port: u16, method: &st
         _ => {
             return Decision::deny(
                 "grant.http.scheme",
-                format!("http: scheme `{scheme}` is not allowed (grant allows: {})", http.describe()),
+                format!(
+                    "http: scheme `{scheme}` is not allowed (grant allows: {})",
+                    http.describe()
+                ),
             );
         }
     };
@@ -253,10 +293,16 @@ fn check_http(http: &HttpGrant, scheme: &str, host: &str, port: u16, method: &st
     if host_rules.is_empty() {
         return Decision::deny(
             "grant.http.host",
-            format!("http: host `{host}:{port}` is not granted (grant allows: {})", http.describe()),
+            format!(
+                "http: host `{host}:{port}` is not granted (grant allows: {})",
+                http.describe()
+            ),
         );
     }
-    if !host_rules.iter().any(|r| r.schemes.iter().any(|s| s == scheme)) {
+    if !host_rules
+        .iter()
+        .any(|r| r.schemes.iter().any(|s| s == scheme))
+    {
         return Decision::deny(
             "grant.http.scheme",
             format!(
@@ -284,7 +330,10 @@ fn check_key(key: &str) -> Decision {
     if key.len() > MAX_KV_KEY_BYTES {
         return Decision::deny(
             "grant.kv.key",
-            format!("kv: key of {} bytes exceeds {MAX_KV_KEY_BYTES} bytes", key.len()),
+            format!(
+                "kv: key of {} bytes exceeds {MAX_KV_KEY_BYTES} bytes",
+                key.len()
+            ),
         );
     }
     Decision::Allow
@@ -371,13 +420,39 @@ mod tests {
         check(&g, fs_open("/data/a.txt", true), None);
         check(&g, fs_open("/ref/a.txt", false), None);
         check(&g, fs_open("/ref/a.txt", true), Some("granted read-only"));
-        check(&g, ImportCall::FsDelete { path: "/ref/x".into() }, Some("read-only"));
-        check(&g, fs_open("/data/../etc/passwd", false), Some("contains `..`"));
-        check(&g, fs_open("/etc/passwd", false), Some("not under a granted directory"));
-        check(&g, fs_open("relative", false), Some("not under a granted directory"));
-        check(&g, fs_open("/database", false), Some("not under a granted directory"));
+        check(
+            &g,
+            ImportCall::FsDelete {
+                path: "/ref/x".into(),
+            },
+            Some("read-only"),
+        );
+        check(
+            &g,
+            fs_open("/data/../etc/passwd", false),
+            Some("contains `..`"),
+        );
+        check(
+            &g,
+            fs_open("/etc/passwd", false),
+            Some("not under a granted directory"),
+        );
+        check(
+            &g,
+            fs_open("relative", false),
+            Some("not under a granted directory"),
+        );
+        check(
+            &g,
+            fs_open("/database", false),
+            Some("not under a granted directory"),
+        );
         let none = Grant::empty(Limits::STANDARD);
-        check(&none, fs_open("/data/a.txt", false), Some("fs: capability is not granted"));
+        check(
+            &none,
+            fs_open("/data/a.txt", false),
+            Some("fs: capability is not granted"),
+        );
     }
 
     #[test]
@@ -386,40 +461,124 @@ mod tests {
         check(&g, http("https", "api.example.com", 443, "POST"), None);
         check(&g, http("https", "API.EXAMPLE.COM", 443, "GET"), None);
         check(&g, http("http", "127.0.0.1", 8080, "GET"), None);
-        check(&g, http("http", "127.0.0.1", 8080, "POST"), Some("method POST"));
-        check(&g, http("http", "api.example.com", 80, "GET"), Some("not granted"));
-        check(&g, http("https", "api.example.com", 8443, "GET"), Some("`api.example.com:8443` is not granted"));
-        check(&g, http("https", "evil.example", 443, "GET"), Some("host `evil.example:443` is not granted"));
-        check(&g, http("ftp", "api.example.com", 21, "GET"), Some("scheme `ftp`"));
-        check(&Grant::empty(Limits::STANDARD), http("https", "api.example.com", 443, "GET"), Some("http: capability is not granted"));
+        check(
+            &g,
+            http("http", "127.0.0.1", 8080, "POST"),
+            Some("method POST"),
+        );
+        check(
+            &g,
+            http("http", "api.example.com", 80, "GET"),
+            Some("not granted"),
+        );
+        check(
+            &g,
+            http("https", "api.example.com", 8443, "GET"),
+            Some("`api.example.com:8443` is not granted"),
+        );
+        check(
+            &g,
+            http("https", "evil.example", 443, "GET"),
+            Some("host `evil.example:443` is not granted"),
+        );
+        check(
+            &g,
+            http("ftp", "api.example.com", 21, "GET"),
+            Some("scheme `ftp`"),
+        );
+        check(
+            &Grant::empty(Limits::STANDARD),
+            http("https", "api.example.com", 443, "GET"),
+            Some("http: capability is not granted"),
+        );
     }
 
     #[test]
     fn kv_secrets_log_rules() {
         let g = grant(G);
         check(&g, ImportCall::KvGet { key: "a".into() }, None);
-        check(&g, ImportCall::KvSet { key: "a".into(), len: 10 }, None);
-        check(&g, ImportCall::KvSet { key: "a".into(), len: 11 }, Some("exceeds the granted 10 bytes"));
-        check(&g, ImportCall::KvGet { key: "k".repeat(513) }, Some("exceeds 512 bytes"));
+        check(
+            &g,
+            ImportCall::KvSet {
+                key: "a".into(),
+                len: 10,
+            },
+            None,
+        );
+        check(
+            &g,
+            ImportCall::KvSet {
+                key: "a".into(),
+                len: 11,
+            },
+            Some("exceeds the granted 10 bytes"),
+        );
+        check(
+            &g,
+            ImportCall::KvGet {
+                key: "k".repeat(513),
+            },
+            Some("exceeds 512 bytes"),
+        );
         let ro = grant("[kv]\nnamespace = \"n\"\nwrite = false");
         check(&ro, ImportCall::KvGet { key: "a".into() }, None);
-        check(&ro, ImportCall::KvDelete { key: "a".into() }, Some("read-only"));
-        check(&g, ImportCall::SecretGet { name: "API_TOKEN".into() }, None);
-        check(&g, ImportCall::SecretGet { name: "DB_PASSWORD".into() }, Some("grant allows: API_TOKEN"));
+        check(
+            &ro,
+            ImportCall::KvDelete { key: "a".into() },
+            Some("read-only"),
+        );
+        check(
+            &g,
+            ImportCall::SecretGet {
+                name: "API_TOKEN".into(),
+            },
+            None,
+        );
+        check(
+            &g,
+            ImportCall::SecretGet {
+                name: "DB_PASSWORD".into(),
+            },
+            Some("grant allows: API_TOKEN"),
+        );
         check(&g, ImportCall::Log { len: 3 }, None);
         let none = Grant::empty(Limits::STANDARD);
-        check(&none, ImportCall::KvGet { key: "a".into() }, Some("kv: capability is not granted"));
-        check(&none, ImportCall::SecretGet { name: "A".into() }, Some("secrets: capability is not granted"));
-        check(&none, ImportCall::Log { len: 1 }, Some("log: capability is not granted"));
+        check(
+            &none,
+            ImportCall::KvGet { key: "a".into() },
+            Some("kv: capability is not granted"),
+        );
+        check(
+            &none,
+            ImportCall::SecretGet { name: "A".into() },
+            Some("secrets: capability is not granted"),
+        );
+        check(
+            &none,
+            ImportCall::Log { len: 1 },
+            Some("log: capability is not granted"),
+        );
     }
 
     #[test]
     fn invalid_grants_are_refused() {
         for (text, frag) in [
-            ("[fs]\ndirs = [{ host = \"rel\", guest = \"/d\", mode = \"read-only\" }]", "absolute"),
-            ("[fs]\ndirs = [{ host = \"/a\", guest = \"/d/../x\", mode = \"read-only\" }]", "no `..`"),
-            ("[http]\nallow = [{ host = \"*.example.com\" }]", "no wildcards"),
-            ("[http]\nallow = [{ host = \"a\", methods = [\"get\"] }]", "method `get`"),
+            (
+                "[fs]\ndirs = [{ host = \"rel\", guest = \"/d\", mode = \"read-only\" }]",
+                "absolute",
+            ),
+            (
+                "[fs]\ndirs = [{ host = \"/a\", guest = \"/d/../x\", mode = \"read-only\" }]",
+                "no `..`",
+            ),
+            (
+                "[http]\nallow = [{ host = \"*.example.com\" }]",
+                "no wildcards",
+            ),
+            (
+                "[http]\nallow = [{ host = \"a\", methods = [\"get\"] }]",
+                "method `get`",
+            ),
             ("[kv]\nnamespace = \"a/b\"", "namespace"),
             ("[limits]\nfuel = 0", "fuel must be between"),
             ("[limits]\nmemory_bytes = 99999999999", "memory_bytes"),
@@ -438,8 +597,14 @@ mod tests {
         let g = grant("actions = [\"read_ticket\"]\n[kv]\nnamespace = \"t\"");
         assert!(g.allows_action("read_ticket"));
         assert!(!g.allows_action("delete_ticket"));
-        assert_eq!(g.capabilities().into_iter().collect::<Vec<_>>(), vec![Capability::Kv]);
+        assert_eq!(
+            g.capabilities().into_iter().collect::<Vec<_>>(),
+            vec![Capability::Kv]
+        );
         assert_eq!(g.limits, Limits::STANDARD);
-        assert_eq!(Capability::parse("net"), Err(crate::Error::UnknownCapability("net".into())));
+        assert_eq!(
+            Capability::parse("net"),
+            Err(crate::Error::UnknownCapability("net".into()))
+        );
     }
 }

@@ -105,7 +105,8 @@ impl Grant {
 
     /// Parses and validates a grant from TOML text.
     pub fn from_toml(text: &str) -> Result<Grant> {
-        let file: GrantFile = toml::from_str(text).map_err(|e| Error::InvalidGrant(e.to_string()))?;
+        let file: GrantFile =
+            toml::from_str(text).map_err(|e| Error::InvalidGrant(e.to_string()))?;
         let grant = Grant {
             actions: file.actions,
             limits: file.limits.unwrap_or_default().resolve(),
@@ -348,7 +349,12 @@ impl HttpGrant {
             .iter()
             .map(|r| {
                 let port = r.port.map(|p| format!(":{p}")).unwrap_or_default();
-                format!("{} {}{port} [{}]", r.schemes.join("|"), r.host, r.methods.join(","))
+                format!(
+                    "{} {}{port} [{}]",
+                    r.schemes.join("|"),
+                    r.host,
+                    r.methods.join(",")
+                )
             })
             .collect::<Vec<_>>()
             .join("; ")

@@ -75,7 +75,9 @@ impl Guard {
         inner.calls += 1;
         let decision = if inner.calls > MAX_IMPORT_CALLS {
             Decision::Deny {
-                reason: format!("guard: more than {MAX_IMPORT_CALLS} import calls in one invocation"),
+                reason: format!(
+                    "guard: more than {MAX_IMPORT_CALLS} import calls in one invocation"
+                ),
                 rule: "guard.max_import_calls".to_owned(),
             }
         } else {

@@ -28,9 +28,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use warden_policy::{Capability, Decision, Grant, Limits};
 use wasmtime::component::Linker;
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
-use warden_policy::{Capability, Decision, Grant, Limits};
 
 pub use caps::kv::{KvBackend, MemoryKv};
 pub use caps::log::LogLine;
@@ -109,7 +109,9 @@ pub struct Runtime {
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runtime").field("cache", &self.cache).finish_non_exhaustive()
+        f.debug_struct("Runtime")
+            .field("cache", &self.cache)
+            .finish_non_exhaustive()
     }
 }
 
@@ -158,7 +160,9 @@ impl Outcome {
     pub fn reason(&self) -> String {
         match self {
             Outcome::Ok => "ok".into(),
-            Outcome::InvalidInput { field, message } => format!("invalid input: field `{field}`: {message}"),
+            Outcome::InvalidInput { field, message } => {
+                format!("invalid input: field `{field}`: {message}")
+            }
             Outcome::Failed { message } => format!("failed: {message}"),
             Outcome::Denied { reason, rule } => format!("denied: {reason} [{rule}]"),
             Outcome::UnknownAction { action } => format!("unknown action `{action}`"),
@@ -304,13 +308,20 @@ impl Runtime {
             .instantiate_pre(&tool.component)
             .map_err(|e| Error::InvalidComponent(format!("{e:#}")))?;
         let pre = ToolPre::new(instance_pre).map_err(|e| {
-            Error::InvalidComponent(format!("component does not export the warden:tool world: {e:#}"))
+            Error::InvalidComponent(format!(
+                "component does not export the warden:tool world: {e:#}"
+            ))
         })?;
         pres.insert(caps.clone(), pre.clone());
         Ok(pre)
     }
 
-    fn store(&self, grant: Arc<Grant>, backends: &Backends, started: Instant) -> Result<Store<CallState>, String> {
+    fn store(
+        &self,
+        grant: Arc<Grant>,
+        backends: &Backends,
+        started: Instant,
+    ) -> Result<Store<CallState>, String> {
         let limits = grant.limits;
         let state = CallState::build(grant, backends, started)?;
         let mut store = Store::new(&self.engine, state);
@@ -323,7 +334,9 @@ impl Runtime {
             let state = ctx.data_mut();
             if Instant::now() >= state.deadline {
                 state.limiter.hit = Some(LimitHit::Deadline);
-                return Err(wasmtime::Error::new(state::LimitExceeded(LimitHit::Deadline)));
+                return Err(wasmtime::Error::new(state::LimitExceeded(
+                    LimitHit::Deadline,
+                )));
             }
             // Yield every tick so other calls on this executor make progress.
             Ok(UpdateDeadline::Yield(1))
@@ -333,7 +346,13 @@ impl Runtime {
 
     /// Runs one action of `tool` under `grant`. Never fails: every failure is
     /// an [`Outcome`] in the report.
-    pub async fn invoke(&self, tool: &Tool, grant: Arc<Grant>, backends: &Backends, call: Call<'_>) -> Report {
+    pub async fn invoke(
+        &self,
+        tool: &Tool,
+        grant: Arc<Grant>,
+        backends: &Backends,
+        call: Call<'_>,
+    ) -> Report {
         let started = Instant::now();
         let mut report = Report {
             tool: tool.info.name.clone(),
@@ -351,7 +370,9 @@ impl Runtime {
             stderr: String::new(),
             stdio_dropped: 0,
         };
-        report.outcome = self.run(tool, grant, backends, call, started, &mut report).await;
+        report.outcome = self
+            .run(tool, grant, backends, call, started, &mut report)
+            .await;
         report.elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         report
     }
@@ -373,7 +394,10 @@ impl Runtime {
         }
         if !grant.allows_action(call.action) {
             return Outcome::NotGranted {
-                reason: format!("action `{}` of tool `{}` is not in the grant", call.action, tool.info.name),
+                reason: format!(
+                    "action `{}` of tool `{}` is not in the grant",
+                    call.action, tool.info.name
+                ),
             };
         }
         let granted = grant.capabilities();
@@ -394,11 +418,19 @@ impl Runtime {
         // Link exactly what the component imports, all of it granted.
         let pre = match self.pre(tool, &tool.required) {
             Ok(p) => p,
-            Err(e) => return Outcome::Trap { message: e.to_string() },
+            Err(e) => {
+                return Outcome::Trap {
+                    message: e.to_string(),
+                };
+            }
         };
         let _slot = match self.slots.acquire().await {
             Ok(s) => s,
-            Err(_) => return Outcome::Trap { message: "runtime is shutting down".into() },
+            Err(_) => {
+                return Outcome::Trap {
+                    message: "runtime is shutting down".into(),
+                };
+            }
         };
         let mut store = match self.store(grant, backends, started) {
             Ok(s) => s,
@@ -407,7 +439,9 @@ impl Runtime {
         let deadline = Duration::from_millis(limits.deadline_ms);
         let result = tokio::time::timeout(deadline + DEADLINE_GRACE, async {
             let instance = pre.instantiate_async(&mut store).await?;
-            instance.call_invoke(&mut store, call.action, call.input).await
+            instance
+                .call_invoke(&mut store, call.action, call.input)
+                .await
         })
         .await;
 
@@ -455,7 +489,10 @@ impl Runtime {
 /// Maps a tool's own error to an outcome. When the guard denied an import
 /// during the call, the guard's reason is reported: it is authoritative and
 /// names the grant, where the guest only saw an error code.
-fn tool_outcome(e: bindings::warden::tool::types::ToolError, first_denial: Option<ImportEvent>) -> Outcome {
+fn tool_outcome(
+    e: bindings::warden::tool::types::ToolError,
+    first_denial: Option<ImportEvent>,
+) -> Outcome {
     use bindings::warden::tool::types::ToolError as E;
     if let Some(ImportEvent {
         decision: Decision::Deny { reason, rule },
@@ -480,7 +517,12 @@ fn tool_outcome(e: bindings::warden::tool::types::ToolError, first_denial: Optio
 }
 
 /// Maps a trap or host error to the limit or fault that caused it.
-fn classify_trap(e: &wasmtime::Error, hit: Option<LimitHit>, limits: &Limits, stderr: &str) -> Outcome {
+fn classify_trap(
+    e: &wasmtime::Error,
+    hit: Option<LimitHit>,
+    limits: &Limits,
+    stderr: &str,
+) -> Outcome {
     match hit {
         Some(LimitHit::Deadline) => {
             return Outcome::Deadline {

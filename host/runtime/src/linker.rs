@@ -9,13 +9,13 @@
 
 use std::collections::BTreeSet;
 
+use warden_policy::Capability;
 use wasmtime::Engine;
 use wasmtime::component::{HasData, Linker, ResourceTable};
 use wasmtime_wasi::cli::WasiCliView;
 use wasmtime_wasi::clocks::WasiClocksView;
 use wasmtime_wasi::filesystem::WasiFilesystemView;
 use wasmtime_wasi::p2::bindings::{cli, clocks, filesystem, random};
-use warden_policy::Capability;
 
 use crate::bindings::warden::tool as wit;
 use crate::caps::fs::{FsCap, FsView};
@@ -42,10 +42,14 @@ pub fn capability_of(import: &str) -> Provider {
     match iface {
         "wasi:io/error" | "wasi:io/poll" | "wasi:io/streams" => Provider::Base,
         "wasi:clocks/wall-clock" | "wasi:clocks/monotonic-clock" => Provider::Base,
-        "wasi:random/random" | "wasi:random/insecure" | "wasi:random/insecure-seed" => Provider::Base,
+        "wasi:random/random" | "wasi:random/insecure" | "wasi:random/insecure-seed" => {
+            Provider::Base
+        }
         "warden:tool/types" => Provider::Base,
         i if i.starts_with("wasi:cli/") => Provider::Base,
-        "wasi:filesystem/types" | "wasi:filesystem/preopens" => Provider::Capability(Capability::Fs),
+        "wasi:filesystem/types" | "wasi:filesystem/preopens" => {
+            Provider::Capability(Capability::Fs)
+        }
         "wasi:http/types" | "wasi:http/outgoing-handler" => Provider::Capability(Capability::Http),
         "warden:tool/kv" => Provider::Capability(Capability::Kv),
         "warden:tool/secrets" => Provider::Capability(Capability::Secrets),

@@ -9,11 +9,11 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use warden_policy::{DirMode, Grant};
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
-use warden_policy::{DirMode, Grant};
 
 use crate::caps::fs::FsPaths;
 use crate::caps::http::HttpHooks;
@@ -75,7 +75,12 @@ impl std::fmt::Display for LimitExceeded {
 impl std::error::Error for LimitExceeded {}
 
 impl ResourceLimiter for CallLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.memory_bytes {
             let hit = LimitHit::Memory { desired };
             self.hit = Some(hit);
@@ -84,7 +89,12 @@ impl ResourceLimiter for CallLimiter {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.table_elements {
             let hit = LimitHit::Table { desired };
             self.hit = Some(hit);
@@ -122,7 +132,11 @@ impl WasiHttpView for CallState {
 
 impl CallState {
     /// Builds the state of one call from `grant` alone.
-    pub fn build(grant: Arc<Grant>, backends: &Backends, started: Instant) -> Result<CallState, String> {
+    pub fn build(
+        grant: Arc<Grant>,
+        backends: &Backends,
+        started: Instant,
+    ) -> Result<CallState, String> {
         let limits = grant.limits;
         let stdio = usize::try_from(limits.stdio_bytes).unwrap_or(usize::MAX);
         let stdout = BoundedPipe::new(stdio);
@@ -139,7 +153,12 @@ impl CallState {
                 };
                 builder
                     .preopened_dir(&d.host, &d.guest, perms)
-                    .map_err(|e| format!("fs: granted directory `{}` cannot be opened: {e}", d.host.display()))?;
+                    .map_err(|e| {
+                        format!(
+                            "fs: granted directory `{}` cannot be opened: {e}",
+                            d.host.display()
+                        )
+                    })?;
             }
         }
         let guard = Guard::new(grant.clone());

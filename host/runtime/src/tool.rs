@@ -14,9 +14,9 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use warden_policy::Capability;
 use wasmtime::Engine;
 use wasmtime::component::Component;
-use warden_policy::Capability;
 
 use crate::bindings::ToolPre;
 use crate::linker::{Provider, capability_of};
@@ -59,7 +59,9 @@ impl ToolInfo {
     }
 
     /// Converts the raw WIT description, refusing what the host cannot use.
-    pub(crate) fn from_wit(raw: crate::bindings::warden::tool::types::ToolInfo) -> Result<ToolInfo> {
+    pub(crate) fn from_wit(
+        raw: crate::bindings::warden::tool::types::ToolInfo,
+    ) -> Result<ToolInfo> {
         use crate::bindings::warden::tool::types::Effect as W;
         let bad = |m: String| Error::InvalidDescription(m);
         if raw.name.trim().is_empty() {
@@ -72,7 +74,10 @@ impl ToolInfo {
         let mut actions = Vec::with_capacity(raw.actions.len());
         for a in raw.actions {
             if a.name.is_empty() || !seen.insert(a.name.clone()) {
-                return Err(bad(format!("action name `{}` is empty or repeated", a.name)));
+                return Err(bad(format!(
+                    "action name `{}` is empty or repeated",
+                    a.name
+                )));
             }
             let input_schema = parse_schema(&a.name, "input", &a.input_schema)?;
             let output_schema = parse_schema(&a.name, "output", &a.output_schema)?;
@@ -100,10 +105,12 @@ impl ToolInfo {
 
 /// Parses a schema and checks it is a valid JSON Schema.
 fn parse_schema(action: &str, which: &str, text: &str) -> Result<serde_json::Value> {
-    let bad = |m: String| Error::InvalidDescription(format!("action `{action}`: {which} schema {m}"));
+    let bad =
+        |m: String| Error::InvalidDescription(format!("action `{action}`: {which} schema {m}"));
     let value: serde_json::Value =
         serde_json::from_str(text).map_err(|e| bad(format!("is not JSON: {e}")))?;
-    jsonschema::meta::validate(&value).map_err(|e| bad(format!("is not a valid JSON Schema: {e}")))?;
+    jsonschema::meta::validate(&value)
+        .map_err(|e| bad(format!("is not a valid JSON Schema: {e}")))?;
     jsonschema::validator_for(&value).map_err(|e| bad(format!("cannot be compiled: {e}")))?;
     Ok(value)
 }
@@ -157,7 +164,10 @@ impl Tool {
 
 /// Maps the component's imports to capabilities; refuses imports Warden never
 /// provides.
-pub(crate) fn classify_imports(engine: &Engine, component: &Component) -> Result<(Vec<String>, BTreeSet<Capability>)> {
+pub(crate) fn classify_imports(
+    engine: &Engine,
+    component: &Component,
+) -> Result<(Vec<String>, BTreeSet<Capability>)> {
     let mut names = Vec::new();
     let mut required = BTreeSet::new();
     for (name, _) in component.component_type().imports(engine) {
@@ -199,7 +209,9 @@ impl DiskCache {
             return None;
         }
         deserialize(engine, body)
-            .inspect_err(|e| tracing::warn!(path = %path.display(), "cached component unusable: {e}"))
+            .inspect_err(
+                |e| tracing::warn!(path = %path.display(), "cached component unusable: {e}"),
+            )
             .ok()
     }
 
@@ -239,7 +251,11 @@ fn deserialize(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Component> {
 }
 
 /// Compiles a component, using the disk cache when configured.
-pub(crate) fn compile(engine: &Engine, cache: Option<&DiskCache>, bytes: &[u8]) -> Result<([u8; 32], Component, bool)> {
+pub(crate) fn compile(
+    engine: &Engine,
+    cache: Option<&DiskCache>,
+    bytes: &[u8],
+) -> Result<([u8; 32], Component, bool)> {
     let hash: [u8; 32] = Sha256::digest(bytes).into();
     if let Some(c) = cache
         && let Some(component) = c.load(engine, &hash)

@@ -15,7 +15,11 @@ use warden_policy::{Grant, Limits};
 use warden_runtime::{Backends, Call, MemoryKv, Outcome, Runtime, RuntimeConfig, SecretSource};
 
 #[derive(Debug, Parser)]
-#[command(name = "warden", version, about = "WebAssembly-sandboxed tool host for AI agents")]
+#[command(
+    name = "warden",
+    version,
+    about = "WebAssembly-sandboxed tool host for AI agents"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -73,7 +77,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -98,7 +105,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             grant,
             kv_file,
             json,
-        } => run_action(&component, &action, &input, grant.as_deref(), kv_file.as_deref(), json).await,
+        } => {
+            run_action(
+                &component,
+                &action,
+                &input,
+                grant.as_deref(),
+                kv_file.as_deref(),
+                json,
+            )
+            .await
+        }
         Command::Inspect { component, json } => inspect(&component, json).await,
     }
 }
@@ -106,7 +123,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn runtime() -> anyhow::Result<Runtime> {
     let cache_dir = std::env::var_os("WARDEN_CACHE_DIR")
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/warden/components")));
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/warden/components"))
+        });
     Ok(Runtime::new(RuntimeConfig {
         max_concurrent: 8,
         cache_dir,
@@ -132,13 +151,12 @@ fn load_kv(path: &Path, kv: &MemoryKv) -> anyhow::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e).with_context(|| format!("reading kv file `{}`", path.display())),
     };
-    let entries: KvEntries =
-        serde_json::from_str(&text).with_context(|| format!("kv file `{}` is not valid", path.display()))?;
-    kv.insert_all(
-        entries
-            .into_iter()
-            .flat_map(|(ns, m)| m.into_iter().map(move |(k, v)| (ns.clone(), k, v.into_bytes()))),
-    );
+    let entries: KvEntries = serde_json::from_str(&text)
+        .with_context(|| format!("kv file `{}` is not valid", path.display()))?;
+    kv.insert_all(entries.into_iter().flat_map(|(ns, m)| {
+        m.into_iter()
+            .map(move |(k, v)| (ns.clone(), k, v.into_bytes()))
+    }));
     Ok(())
 }
 
@@ -194,7 +212,15 @@ async fn run_action(
         secrets: Arc::new(EnvSecrets),
     };
     let report = runtime
-        .invoke(&tool, Arc::new(grant), &backends, Call { action, input: &input })
+        .invoke(
+            &tool,
+            Arc::new(grant),
+            &backends,
+            Call {
+                action,
+                input: &input,
+            },
+        )
         .await;
     if let Some(path) = kv_file {
         save_kv(path, &kv)?;
@@ -213,13 +239,17 @@ async fn run_action(
     Ok(match &report.outcome {
         Outcome::Ok => ExitCode::SUCCESS,
         Outcome::Denied { .. } | Outcome::NotGranted { .. } => ExitCode::from(exit::DENIED),
-        Outcome::InvalidInput { .. } | Outcome::UnknownAction { .. } => ExitCode::from(exit::INVALID_INPUT),
+        Outcome::InvalidInput { .. } | Outcome::UnknownAction { .. } => {
+            ExitCode::from(exit::INVALID_INPUT)
+        }
         Outcome::OutOfFuel { .. }
         | Outcome::Deadline { .. }
         | Outcome::MemoryLimit { .. }
         | Outcome::StackOverflow
         | Outcome::OutputTooLarge { .. } => ExitCode::from(exit::LIMIT),
-        Outcome::Failed { .. } | Outcome::InvalidOutput { .. } | Outcome::Trap { .. } => ExitCode::from(exit::FAILED),
+        Outcome::Failed { .. } | Outcome::InvalidOutput { .. } | Outcome::Trap { .. } => {
+            ExitCode::from(exit::FAILED)
+        }
     })
 }
 
@@ -244,16 +274,32 @@ async fn inspect(component: &Path, json: bool) -> anyhow::Result<ExitCode> {
     }
     writeln!(out, "{} {} — {}", info.name, info.version, info.description)?;
     writeln!(out, "sha256: {}", tool.hash_hex())?;
-    let caps: Vec<String> = tool.required_capabilities().iter().map(|c| c.to_string()).collect();
+    let caps: Vec<String> = tool
+        .required_capabilities()
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
     writeln!(
         out,
         "capabilities: {}",
-        if caps.is_empty() { "none".to_owned() } else { caps.join(", ") }
+        if caps.is_empty() {
+            "none".to_owned()
+        } else {
+            caps.join(", ")
+        }
     )?;
     for a in &info.actions {
-        writeln!(out, "\naction {} ({:?}): {}", a.name, a.effect, a.description)?;
+        writeln!(
+            out,
+            "\naction {} ({:?}): {}",
+            a.name, a.effect, a.description
+        )?;
         writeln!(out, "  input:  {}", serde_json::to_string(&a.input_schema)?)?;
-        writeln!(out, "  output: {}", serde_json::to_string(&a.output_schema)?)?;
+        writeln!(
+            out,
+            "  output: {}",
+            serde_json::to_string(&a.output_schema)?
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }

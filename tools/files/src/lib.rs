@@ -45,7 +45,10 @@ fn read(input: PathInput) -> Result<ReadOutput, ToolError> {
     let p = resolve(&input.path);
     let meta = std::fs::metadata(&p).map_err(|e| io_error(&input.path, e))?;
     if meta.len() > MAX_READ {
-        return Err(ToolError::failed(format!("`{}` is larger than {MAX_READ} bytes", input.path)));
+        return Err(ToolError::failed(format!(
+            "`{}` is larger than {MAX_READ} bytes",
+            input.path
+        )));
     }
     let bytes = std::fs::read(&p).map_err(|e| io_error(&input.path, e))?;
     Ok(ReadOutput {
@@ -94,7 +97,8 @@ struct WriteOutput {
 }
 
 fn write(input: WriteInput) -> Result<WriteOutput, ToolError> {
-    std::fs::write(resolve(&input.path), input.content.as_bytes()).map_err(|e| io_error(&input.path, e))?;
+    std::fs::write(resolve(&input.path), input.content.as_bytes())
+        .map_err(|e| io_error(&input.path, e))?;
     Ok(WriteOutput {
         bytes: input.content.len() as u64,
     })
@@ -113,13 +117,19 @@ fn delete(input: PathInput) -> Result<DeleteOutput, ToolError> {
 impl Tool for Files {
     const NAME: &'static str = "files";
     const VERSION: &'static str = "0.1.0";
-    const DESCRIPTION: &'static str = "Read, list, write and delete files under the granted /workspace directory.";
+    const DESCRIPTION: &'static str =
+        "Read, list, write and delete files under the granted /workspace directory.";
 
     fn actions() -> Vec<Action> {
         vec![
             Action::new("read", "Read a text file.", Effect::Read, read),
             Action::new("list", "List a directory.", Effect::Read, list),
-            Action::new("write", "Write (replace) a text file.", Effect::Write, write),
+            Action::new(
+                "write",
+                "Write (replace) a text file.",
+                Effect::Write,
+                write,
+            ),
             Action::new("delete", "Delete a file.", Effect::Destructive, delete),
         ]
     }

@@ -60,7 +60,12 @@ fn get(input: GetInput) -> Result<FetchOutput, ToolError> {
 }
 
 fn post(input: PostInput) -> Result<FetchOutput, ToolError> {
-    Ok(output(http::post(&input.url, &input.content_type, input.body.as_bytes(), input.max_bytes)?))
+    Ok(output(http::post(
+        &input.url,
+        &input.content_type,
+        input.body.as_bytes(),
+        input.max_bytes,
+    )?))
 }
 
 impl Tool for HttpFetch {
@@ -71,8 +76,18 @@ impl Tool for HttpFetch {
 
     fn actions() -> Vec<Action> {
         vec![
-            Action::new("get", "GET a URL and return status and body.", Effect::Read, get),
-            Action::new("post", "POST a body to a URL and return status and body.", Effect::External, post),
+            Action::new(
+                "get",
+                "GET a URL and return status and body.",
+                Effect::Read,
+                get,
+            ),
+            Action::new(
+                "post",
+                "POST a body to a URL and return status and body.",
+                Effect::External,
+                post,
+            ),
         ]
     }
 }

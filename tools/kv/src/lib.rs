@@ -74,7 +74,8 @@ fn list(input: ListInput) -> Result<ListOutput, ToolError> {
 impl Tool for Kv {
     const NAME: &'static str = "kv";
     const VERSION: &'static str = "0.1.0";
-    const DESCRIPTION: &'static str = "Get, put, delete and list text values in the granted key-value namespace.";
+    const DESCRIPTION: &'static str =
+        "Get, put, delete and list text values in the granted key-value namespace.";
 
     fn actions() -> Vec<Action> {
         vec![

@@ -77,11 +77,20 @@ struct SelectOutput {
 
 fn json_select(input: SelectInput) -> Result<SelectOutput, ToolError> {
     if !input.pointer.is_empty() && !input.pointer.starts_with('/') {
-        return Err(ToolError::invalid_input("pointer", "must be empty or start with `/`"));
+        return Err(ToolError::invalid_input(
+            "pointer",
+            "must be empty or start with `/`",
+        ));
     }
     Ok(match input.document.pointer(&input.pointer) {
-        Some(v) => SelectOutput { found: true, value: v.clone() },
-        None => SelectOutput { found: false, value: serde_json::Value::Null },
+        Some(v) => SelectOutput {
+            found: true,
+            value: v.clone(),
+        },
+        None => SelectOutput {
+            found: false,
+            value: serde_json::Value::Null,
+        },
     })
 }
 
@@ -93,9 +102,24 @@ impl Tool for Text {
 
     fn actions() -> Vec<Action> {
         vec![
-            Action::new("word_count", "Count words, lines and characters of a text.", Effect::Read, word_count),
-            Action::new("regex_extract", "Extract the matches of a regular expression.", Effect::Read, regex_extract),
-            Action::new("json_select", "Select a value from a JSON document by JSON pointer.", Effect::Read, json_select),
+            Action::new(
+                "word_count",
+                "Count words, lines and characters of a text.",
+                Effect::Read,
+                word_count,
+            ),
+            Action::new(
+                "regex_extract",
+                "Extract the matches of a regular expression.",
+                Effect::Read,
+                regex_extract,
+            ),
+            Action::new(
+                "json_select",
+                "Select a value from a JSON document by JSON pointer.",
+                Effect::Read,
+                json_select,
+            ),
         ]
     }
 }

@@ -22,7 +22,8 @@ fn key(id: u64) -> String {
 }
 
 fn load(id: u64) -> Result<Ticket, ToolError> {
-    kv::get_json::<Ticket>(&key(id))?.ok_or_else(|| ToolError::failed(format!("ticket {id} does not exist")))
+    kv::get_json::<Ticket>(&key(id))?
+        .ok_or_else(|| ToolError::failed(format!("ticket {id} does not exist")))
 }
 
 #[derive(Deserialize, JsonSchema)]
@@ -73,7 +74,10 @@ struct DraftInput {
 
 fn draft_reply(input: DraftInput) -> Result<Ticket, ToolError> {
     if input.message.len() > 10_000 {
-        return Err(ToolError::invalid_input("message", "longer than 10000 bytes"));
+        return Err(ToolError::invalid_input(
+            "message",
+            "longer than 10000 bytes",
+        ));
     }
     let mut t = load(input.id)?;
     t.draft_reply = Some(input.message);
@@ -100,14 +104,35 @@ fn delete_record(input: IdInput) -> Result<Deleted, ToolError> {
 impl Tool for Tickets {
     const NAME: &'static str = "tickets";
     const VERSION: &'static str = "0.1.0";
-    const DESCRIPTION: &'static str = "Support tickets: open, read, draft a reply, delete a record.";
+    const DESCRIPTION: &'static str =
+        "Support tickets: open, read, draft a reply, delete a record.";
 
     fn actions() -> Vec<Action> {
         vec![
-            Action::new("open_ticket", "Open a new ticket.", Effect::Write, open_ticket),
-            Action::new("read_ticket", "Read a ticket by number.", Effect::Read, read_ticket),
-            Action::new("draft_reply", "Store a draft reply on a ticket.", Effect::Write, draft_reply),
-            Action::new("delete_record", "Delete a ticket record permanently.", Effect::Destructive, delete_record),
+            Action::new(
+                "open_ticket",
+                "Open a new ticket.",
+                Effect::Write,
+                open_ticket,
+            ),
+            Action::new(
+                "read_ticket",
+                "Read a ticket by number.",
+                Effect::Read,
+                read_ticket,
+            ),
+            Action::new(
+                "draft_reply",
+                "Store a draft reply on a ticket.",
+                Effect::Write,
+                draft_reply,
+            ),
+            Action::new(
+                "delete_record",
+                "Delete a ticket record permanently.",
+                Effect::Destructive,
+                delete_record,
+            ),
         ]
     }
 }

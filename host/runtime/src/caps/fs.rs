@@ -16,14 +16,12 @@
 
 use std::collections::HashMap;
 
+use warden_policy::{Decision, ImportCall};
 use wasmtime::component::{HasData, Resource};
 use wasmtime_wasi::filesystem::{Descriptor, WasiFilesystemCtxView};
+use wasmtime_wasi::p2::bindings::filesystem::types::{HostDescriptor, HostDirectoryEntryStream};
 use wasmtime_wasi::p2::bindings::filesystem::{preopens, types};
-use wasmtime_wasi::p2::bindings::filesystem::types::{
-    HostDescriptor, HostDirectoryEntryStream,
-};
 use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, FsError, FsResult, ReaddirIterator};
-use warden_policy::{Decision, ImportCall};
 
 use crate::guard::Guard;
 
@@ -49,13 +47,19 @@ pub struct FsView<'a> {
 
 impl std::fmt::Debug for FsView<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FsView").field("paths", &self.paths).finish_non_exhaustive()
+        f.debug_struct("FsView")
+            .field("paths", &self.paths)
+            .finish_non_exhaustive()
     }
 }
 
 impl FsView<'_> {
     fn base(&self, fd: &Resource<Descriptor>) -> String {
-        self.paths.0.get(&fd.rep()).cloned().unwrap_or_else(|| "?".to_owned())
+        self.paths
+            .0
+            .get(&fd.rep())
+            .cloned()
+            .unwrap_or_else(|| "?".to_owned())
     }
 
     /// Joins a descriptor's guest path and a relative path. An absolute path is
@@ -138,15 +142,25 @@ impl HostDescriptor for FsView<'_> {
         self.inner.sync_data(fd).await
     }
 
-    async fn get_flags(&mut self, fd: Resource<types::Descriptor>) -> FsResult<types::DescriptorFlags> {
+    async fn get_flags(
+        &mut self,
+        fd: Resource<types::Descriptor>,
+    ) -> FsResult<types::DescriptorFlags> {
         self.inner.get_flags(fd).await
     }
 
-    async fn get_type(&mut self, fd: Resource<types::Descriptor>) -> FsResult<types::DescriptorType> {
+    async fn get_type(
+        &mut self,
+        fd: Resource<types::Descriptor>,
+    ) -> FsResult<types::DescriptorType> {
         self.inner.get_type(fd).await
     }
 
-    async fn set_size(&mut self, fd: Resource<types::Descriptor>, size: types::Filesize) -> FsResult<()> {
+    async fn set_size(
+        &mut self,
+        fd: Resource<types::Descriptor>,
+        size: types::Filesize,
+    ) -> FsResult<()> {
         self.inner.set_size(fd, size).await
     }
 
@@ -192,7 +206,11 @@ impl HostDescriptor for FsView<'_> {
         self.inner.sync(fd).await
     }
 
-    async fn create_directory_at(&mut self, fd: Resource<types::Descriptor>, path: String) -> FsResult<()> {
+    async fn create_directory_at(
+        &mut self,
+        fd: Resource<types::Descriptor>,
+        path: String,
+    ) -> FsResult<()> {
         let full = self.full(&fd, &path);
         let seq = self.check(ImportCall::FsWrite { path: full.clone() })?;
         let r = self.inner.create_directory_at(fd, path).await;
@@ -227,7 +245,10 @@ impl HostDescriptor for FsView<'_> {
     ) -> FsResult<()> {
         let full = self.full(&fd, &path);
         let seq = self.check(ImportCall::FsWrite { path: full.clone() })?;
-        let r = self.inner.set_times_at(fd, path_flags, path, atim, mtim).await;
+        let r = self
+            .inner
+            .set_times_at(fd, path_flags, path, atim, mtim)
+            .await;
         self.record(seq, &full, &r);
         r
     }
@@ -243,7 +264,9 @@ impl HostDescriptor for FsView<'_> {
         let old_full = self.full(&fd, &old_path);
         let new_full = self.full(&new_descriptor, &new_path);
         self.check(ImportCall::FsRead { path: old_full })?;
-        let seq = self.check(ImportCall::FsWrite { path: new_full.clone() })?;
+        let seq = self.check(ImportCall::FsWrite {
+            path: new_full.clone(),
+        })?;
         let r = self
             .inner
             .link_at(fd, old_path_flags, old_path, new_descriptor, new_path)
@@ -261,14 +284,17 @@ impl HostDescriptor for FsView<'_> {
         flags: types::DescriptorFlags,
     ) -> FsResult<Resource<types::Descriptor>> {
         let full = self.full(&fd, &path);
-        let write = flags.intersects(
-            types::DescriptorFlags::WRITE | types::DescriptorFlags::MUTATE_DIRECTORY,
-        ) || oflags.intersects(types::OpenFlags::CREATE | types::OpenFlags::TRUNCATE);
+        let write = flags
+            .intersects(types::DescriptorFlags::WRITE | types::DescriptorFlags::MUTATE_DIRECTORY)
+            || oflags.intersects(types::OpenFlags::CREATE | types::OpenFlags::TRUNCATE);
         let seq = self.check(ImportCall::FsOpen {
             path: full.clone(),
             write,
         })?;
-        let r = self.inner.open_at(fd, path_flags, path, oflags, flags).await;
+        let r = self
+            .inner
+            .open_at(fd, path_flags, path, oflags, flags)
+            .await;
         self.record(seq, &full, &r);
         if let Ok(new_fd) = &r {
             self.paths.0.insert(new_fd.rep(), full);
@@ -281,7 +307,11 @@ impl HostDescriptor for FsView<'_> {
         HostDescriptor::drop(&mut self.inner, fd)
     }
 
-    async fn readlink_at(&mut self, fd: Resource<types::Descriptor>, path: String) -> FsResult<String> {
+    async fn readlink_at(
+        &mut self,
+        fd: Resource<types::Descriptor>,
+        path: String,
+    ) -> FsResult<String> {
         let full = self.full(&fd, &path);
         let seq = self.check(ImportCall::FsRead { path: full.clone() })?;
         let r = self.inner.readlink_at(fd, path).await;
@@ -289,7 +319,11 @@ impl HostDescriptor for FsView<'_> {
         r
     }
 
-    async fn remove_directory_at(&mut self, fd: Resource<types::Descriptor>, path: String) -> FsResult<()> {
+    async fn remove_directory_at(
+        &mut self,
+        fd: Resource<types::Descriptor>,
+        path: String,
+    ) -> FsResult<()> {
         let full = self.full(&fd, &path);
         let seq = self.check(ImportCall::FsDelete { path: full.clone() })?;
         let r = self.inner.remove_directory_at(fd, path).await;
@@ -307,7 +341,9 @@ impl HostDescriptor for FsView<'_> {
         let old_full = self.full(&fd, &old_path);
         let new_full = self.full(&new_fd, &new_path);
         self.check(ImportCall::FsDelete { path: old_full })?;
-        let seq = self.check(ImportCall::FsWrite { path: new_full.clone() })?;
+        let seq = self.check(ImportCall::FsWrite {
+            path: new_full.clone(),
+        })?;
         let r = self.inner.rename_at(fd, old_path, new_fd, new_path).await;
         self.record(seq, &new_full, &r);
         r
@@ -331,7 +367,11 @@ impl HostDescriptor for FsView<'_> {
         r
     }
 
-    async fn unlink_file_at(&mut self, fd: Resource<types::Descriptor>, path: String) -> FsResult<()> {
+    async fn unlink_file_at(
+        &mut self,
+        fd: Resource<types::Descriptor>,
+        path: String,
+    ) -> FsResult<()> {
         let full = self.full(&fd, &path);
         let seq = self.check(ImportCall::FsDelete { path: full.clone() })?;
         let r = self.inner.unlink_file_at(fd, path).await;
@@ -355,7 +395,10 @@ impl HostDescriptor for FsView<'_> {
         self.inner.write_via_stream(fd, offset)
     }
 
-    fn append_via_stream(&mut self, fd: Resource<types::Descriptor>) -> FsResult<Resource<DynOutputStream>> {
+    fn append_via_stream(
+        &mut self,
+        fd: Resource<types::Descriptor>,
+    ) -> FsResult<Resource<DynOutputStream>> {
         self.inner.append_via_stream(fd)
     }
 
@@ -367,7 +410,10 @@ impl HostDescriptor for FsView<'_> {
         self.inner.is_same_object(a, b).await
     }
 
-    async fn metadata_hash(&mut self, fd: Resource<types::Descriptor>) -> FsResult<types::MetadataHashValue> {
+    async fn metadata_hash(
+        &mut self,
+        fd: Resource<types::Descriptor>,
+    ) -> FsResult<types::MetadataHashValue> {
         self.inner.metadata_hash(fd).await
     }
 

@@ -9,8 +9,8 @@
 use std::time::Duration;
 
 use http_body_util::BodyExt;
-use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 use warden_policy::{Decision, ImportCall};
+use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
 use crate::guard::Guard;
 
@@ -28,10 +28,13 @@ pub struct HttpHooks {
 
 type SendFuture = Box<
     dyn Future<
-            Output = Result<(
-                http::Response<WasiBody>,
-                Box<dyn Future<Output = Result<(), Error>> + Send>,
-            ), Error>,
+            Output = Result<
+                (
+                    http::Response<WasiBody>,
+                    Box<dyn Future<Output = Result<(), Error>> + Send>,
+                ),
+                Error,
+            >,
         > + Send,
 >;
 
@@ -63,15 +66,18 @@ impl WasiHttpHooks for HttpHooks {
         let max = self.max_response_bytes;
         let guard = self.guard.clone();
         let mut options = options.unwrap_or_default();
-        options.connect_timeout.get_or_insert(DEFAULT_CONNECT_TIMEOUT);
+        options
+            .connect_timeout
+            .get_or_insert(DEFAULT_CONNECT_TIMEOUT);
         Box::new(async move {
-            let (response, io) = match wasmtime_wasi_http::default_send_request(request, Some(options)).await {
-                Ok(r) => r,
-                Err(e) => {
-                    guard.record_error(seq, format!("{e:?}"));
-                    return Err(e);
-                }
-            };
+            let (response, io) =
+                match wasmtime_wasi_http::default_send_request(request, Some(options)).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        guard.record_error(seq, format!("{e:?}"));
+                        return Err(e);
+                    }
+                };
             let response = response.map(|body| {
                 http_body_util::Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX))
                     .map_err(move |e| match e.downcast::<Error>() {

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 
-use wasmtime::component::HasData;
 use warden_policy::{Decision, ImportCall, KvGrant};
+use wasmtime::component::HasData;
 
 use crate::bindings::warden::tool::kv::{self as wit, Error};
 use crate::guard::Guard;
@@ -52,16 +52,23 @@ impl MemoryKv {
 
 impl KvBackend for MemoryKv {
     fn get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
-        Ok(self.lock().get(&(namespace.to_owned(), key.to_owned())).cloned())
+        Ok(self
+            .lock()
+            .get(&(namespace.to_owned(), key.to_owned()))
+            .cloned())
     }
 
     fn set(&self, namespace: &str, key: &str, value: Vec<u8>) -> Result<(), String> {
-        self.lock().insert((namespace.to_owned(), key.to_owned()), value);
+        self.lock()
+            .insert((namespace.to_owned(), key.to_owned()), value);
         Ok(())
     }
 
     fn delete(&self, namespace: &str, key: &str) -> Result<bool, String> {
-        Ok(self.lock().remove(&(namespace.to_owned(), key.to_owned())).is_some())
+        Ok(self
+            .lock()
+            .remove(&(namespace.to_owned(), key.to_owned()))
+            .is_some())
     }
 
     fn list(&self, namespace: &str, prefix: &str) -> Result<Vec<String>, String> {
@@ -103,7 +110,9 @@ impl KvView<'_> {
             ((_, Decision::Deny { reason, .. }), _) => Err(Error::Denied(reason)),
             // Allowed without a grant cannot happen: the guard checks the same
             // grant. Deny anyway rather than trust that.
-            (_, None) => Err(Error::Denied("kv: capability is not granted to this call".into())),
+            (_, None) => Err(Error::Denied(
+                "kv: capability is not granted to this call".into(),
+            )),
         }
     }
 
@@ -123,7 +132,10 @@ impl wit::Host for KvView<'_> {
 
     fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), Error> {
         let len = value.len() as u64;
-        let (seq, ns) = self.check(ImportCall::KvSet { key: key.clone(), len })?;
+        let (seq, ns) = self.check(ImportCall::KvSet {
+            key: key.clone(),
+            len,
+        })?;
         self.backend(seq, self.state.backend.set(ns, &key, value))
     }
 
@@ -133,7 +145,9 @@ impl wit::Host for KvView<'_> {
     }
 
     fn list_keys(&mut self, prefix: String) -> Result<Vec<String>, Error> {
-        let (seq, ns) = self.check(ImportCall::KvList { prefix: prefix.clone() })?;
+        let (seq, ns) = self.check(ImportCall::KvList {
+            prefix: prefix.clone(),
+        })?;
         self.backend(seq, self.state.backend.list(ns, &prefix))
     }
 }

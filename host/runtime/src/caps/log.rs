@@ -5,8 +5,8 @@
 //! dropped.
 
 use serde::Serialize;
-use wasmtime::component::HasData;
 use warden_policy::{Decision, ImportCall};
+use wasmtime::component::HasData;
 
 use crate::bindings::warden::tool::log::{self as wit, Level};
 use crate::guard::Guard;

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::sync::Arc;
 
-use wasmtime::component::HasData;
 use warden_policy::{Decision, ImportCall};
+use wasmtime::component::HasData;
 
 use crate::bindings::warden::tool::secrets::{self as wit, Error};
 use crate::guard::Guard;
@@ -53,11 +53,16 @@ pub struct SecretsView<'a> {
 
 impl wit::Host for SecretsView<'_> {
     fn get(&mut self, name: String) -> Result<String, Error> {
-        match self.guard.check(ImportCall::SecretGet { name: name.clone() }) {
+        match self
+            .guard
+            .check(ImportCall::SecretGet { name: name.clone() })
+        {
             (_, Decision::Deny { reason, .. }) => Err(Error::Denied(reason)),
             (seq, Decision::Allow) => self.state.source.get(&name).ok_or_else(|| {
                 self.guard.record_error(seq, "missing".to_owned());
-                Error::Missing(format!("secret `{name}` is granted but has no value on this host"))
+                Error::Missing(format!(
+                    "secret `{name}` is granted but has no value on this host"
+                ))
             }),
         }
     }

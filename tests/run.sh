@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Warden's one test command (CI runs exactly this through .ci/run):
+# installs what the tests need, then format check, clippy, and every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== setup"
+# Listing the target in rust-toolchain.toml does not install it; this does (idempotent).
+rustup target add wasm32-wasip2
+
+echo "== format"
+cargo fmt --all -- --check
+(cd tools && cargo fmt --all -- --check)
+
+echo "== clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+(cd tools && cargo clippy --release --workspace -- -D warnings)
+
+echo "== tests"
+# Guests are built once by tests/build.rs; the compile cache is shared by all
+# test processes in target/warden-test-cache.
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --workspace --no-fail-fast
+else
+    cargo test --workspace --no-fail-fast
+fi
+cargo test --workspace --doc
