@@ -211,3 +211,46 @@ async fn trivial_call_completes_while_two_runaways_loop() {
         assert_eq!(r.outcome, Outcome::Deadline { limit_ms: 4000 });
     }
 }
+
+/// Nothing ambient leaks into a guest: no environment variables, no
+/// arguments, no stdin.
+#[tokio::test]
+async fn guest_sees_no_ambient_authority() {
+    let rt = runtime();
+    let h = load(&rt, "fixture_hostile").await;
+    let r = hostile(&rt, &h, "", "ambient", json!({})).await;
+    assert!(r.outcome.is_ok(), "{}", r.outcome.reason());
+    let out = r.output.expect("output");
+    assert_eq!(out["env"], json!([]), "environment leaked: {out}");
+    assert_eq!(out["args"], json!([]), "arguments leaked: {out}");
+    assert_eq!(out["stdin_bytes"], 0);
+    assert!(r.imports.is_empty(), "no capability was used");
+}
+
+/// The disk cache is used on the second load, and a corrupt entry is detected
+/// and recompiled rather than loaded.
+#[tokio::test]
+async fn compile_cache_hits_and_survives_corruption() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = warden_runtime::Runtime::new(warden_runtime::RuntimeConfig {
+        max_concurrent: 4,
+        cache_dir: Some(dir.path().to_path_buf()),
+    })
+    .expect("runtime");
+    let path = warden_tests::guest("text");
+    let first = rt.load_file(&path).await.expect("load");
+    assert!(!first.loaded_from_cache());
+    let second = rt.load_file(&path).await.expect("load");
+    assert!(second.loaded_from_cache());
+    assert_eq!(first.hash(), second.hash());
+    // Corrupt every cached file: the next load recompiles and still works.
+    for e in std::fs::read_dir(dir.path()).expect("cache dir").flatten() {
+        let mut bytes = std::fs::read(e.path()).expect("read");
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0xff;
+        std::fs::write(e.path(), bytes).expect("write");
+    }
+    let third = rt.load_file(&path).await.expect("load after corruption");
+    assert!(!third.loaded_from_cache());
+    healthy(&rt, &third).await;
+}

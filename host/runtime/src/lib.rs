@@ -253,6 +253,7 @@ impl Runtime {
             },
             imports,
             required,
+            from_cache: cached,
             pres: Mutex::new(HashMap::new()),
         };
         // Describe with every import the component needs linked but an empty

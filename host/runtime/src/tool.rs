@@ -122,6 +122,7 @@ pub struct Tool {
     pub(crate) info: ToolInfo,
     pub(crate) imports: Vec<String>,
     pub(crate) required: BTreeSet<Capability>,
+    pub(crate) from_cache: bool,
     pub(crate) pres: Mutex<HashMap<BTreeSet<Capability>, ToolPre<CallState>>>,
 }
 
@@ -154,6 +155,11 @@ impl Tool {
     /// Capabilities the component imports (it instantiates only with all of them).
     pub fn required_capabilities(&self) -> &BTreeSet<Capability> {
         &self.required
+    }
+
+    /// Whether the compiled code came from the disk cache.
+    pub fn loaded_from_cache(&self) -> bool {
+        self.from_cache
     }
 
     /// The component's import names.

@@ -301,3 +301,42 @@ fn inspect_shows_actions_effects_and_valid_schemas() {
     assert!(out.contains("action delete_record (Destructive)"), "{out}");
     assert!(out.contains("capabilities: kv, log"), "{out}");
 }
+
+/// Guest stdout and stderr never reach warden's own streams: a flooding tool's
+/// call prints only its output JSON.
+#[test]
+fn guest_stdio_never_mixes_into_cli_output() {
+    let h = guest("fixture_hostile");
+    let o = warden(&[
+        "run",
+        h.to_str().expect("utf-8"),
+        "--action",
+        "stdio_flood",
+        "--input",
+        r#"{"bytes":1000000}"#,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), "{\"written\":1001472}\n");
+    assert!(
+        o.stderr.is_empty(),
+        "guest stderr leaked: {} bytes",
+        o.stderr.len()
+    );
+}
+
+/// The host's environment is not visible to the guest, even secrets-looking
+/// variables that `warden run` itself reads.
+#[test]
+fn host_environment_is_invisible() {
+    let h = guest("fixture_hostile");
+    let o = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(["run", h.to_str().expect("utf-8"), "--action", "ambient"])
+        .env("WARDEN_SECRET_API_TOKEN", "do-not-leak")
+        .env("WARDEN_CACHE_DIR", root().join("target/warden-test-cache"))
+        .output()
+        .expect("run warden");
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let out: Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(out["env"], serde_json::json!([]));
+    assert!(!text(&o.stdout).contains("do-not-leak"));
+}
