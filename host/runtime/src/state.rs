@@ -196,3 +196,30 @@ impl CallState {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Table growth past the grant's limit is refused and recorded, like memory.
+    #[test]
+    fn limiter_refuses_growth_past_limits() {
+        let mut l = CallLimiter {
+            memory_bytes: 1 << 20,
+            table_elements: 100,
+            hit: None,
+        };
+        assert!(matches!(l.memory_growing(0, 1 << 20, None), Ok(true)));
+        assert!(matches!(l.table_growing(0, 100, None), Ok(true)));
+        assert!(l.hit.is_none());
+        assert!(l.table_growing(100, 101, None).is_err());
+        assert_eq!(l.hit, Some(LimitHit::Table { desired: 101 }));
+        assert!(l.memory_growing(1 << 20, (1 << 20) + 65536, None).is_err());
+        assert_eq!(
+            l.hit,
+            Some(LimitHit::Memory {
+                desired: (1 << 20) + 65536
+            })
+        );
+    }
+}

@@ -111,3 +111,20 @@ impl StdoutStream for BoundedPipe {
         Box::new(self.clone())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_the_first_bytes_and_counts_the_rest() {
+        let mut p = BoundedPipe::new(5);
+        assert!(OutputStream::write(&mut p, Bytes::from_static(b"abc")).is_ok());
+        assert!(OutputStream::write(&mut p, Bytes::from_static(b"defgh")).is_ok());
+        assert!(
+            matches!(p.check_write(), Ok(n) if n > 0),
+            "writes never fail"
+        );
+        assert_eq!(p.take(), ("abcde".to_owned(), 3));
+    }
+}
