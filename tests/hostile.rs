@@ -191,7 +191,7 @@ async fn trivial_call_completes_while_two_runaways_loop() {
     let rt = std::sync::Arc::new(runtime());
     let h = load(&rt, "fixture_hostile").await;
     let text = load(&rt, "text").await;
-    let runaway = grant("[limits]\nfuel = 100000000000\ndeadline_ms = 4000\n");
+    let runaway = grant("[limits]\nfuel = 100000000000\ndeadline_ms = 8000\n");
     let mut loops = Vec::new();
     for _ in 0..2 {
         let (rt, h, g) = (rt.clone(), h.clone(), runaway.clone());
@@ -208,7 +208,7 @@ async fn trivial_call_completes_while_two_runaways_loop() {
     );
     for l in loops {
         let r = l.await.expect("runaway task");
-        assert_eq!(r.outcome, Outcome::Deadline { limit_ms: 4000 });
+        assert_eq!(r.outcome, Outcome::Deadline { limit_ms: 8000 });
     }
 }
 
