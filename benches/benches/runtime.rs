@@ -36,9 +36,10 @@ impl WasiView for Raw {
     }
 }
 
-/// The floor: a pooled engine with fuel and epochs (the settings Warden
-/// needs), a pre-instantiated component, a fresh store per call with a WASI
-/// context, instantiate, call `invoke`. No guard, no grant, no report.
+/// The floor: the same pooled engine as Warden's (fuel, epochs, pagemap scan,
+/// keep-resident), a pre-instantiated component, a fresh store per call with
+/// a WASI context, instantiate, call `invoke`. No guard, no grant, no limits
+/// or deadline callback, no report.
 fn raw_wasmtime(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(16)
@@ -46,8 +47,13 @@ fn raw_wasmtime(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
         .total_memories(32)
         .total_tables(64)
         .total_stacks(16)
+        .max_memory_size(4 << 30)
+        .table_elements(100_000)
         .linear_memory_keep_resident(1 << 20)
-        .table_keep_resident(64 << 10);
+        .table_keep_resident(64 << 10)
+        .pagemap_scan(wasmtime::Enabled::Auto);
+    // The same engine settings as Warden's own (host/runtime/src/engine.rs),
+    // so the ratio measures Warden's path, not a different engine.
     let mut config = Config::new();
     config
         .consume_fuel(true)
@@ -164,7 +170,7 @@ fn runaway(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
             invoke(&runtime, &hostile, &spin, &backends(&[]), "spin", json!({})).await
         }));
     }
-    rt.block_on(tokio::time::sleep(Duration::from_millis(100)));
+    rt.block_on(async { tokio::time::sleep(Duration::from_millis(100)).await });
     let g = grant("");
     let b = backends(&[]);
     let mut group = c.benchmark_group("runaway");
