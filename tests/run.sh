@@ -16,12 +16,15 @@ echo "== clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 (cd tools && cargo clippy --release --workspace -- -D warnings)
 
+echo "== doctests"
+cargo test --workspace --doc
+
 echo "== tests"
 # Guests are built once by tests/build.rs; the compile cache is shared by all
-# test processes in target/warden-test-cache.
+# test processes in target/warden-test-cache. This runs last so its summary
+# closes the output.
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --no-fail-fast
 else
     cargo test --workspace --no-fail-fast
 fi
-cargo test --workspace --doc

@@ -265,6 +265,13 @@ impl Runtime {
             kv: Arc::new(MemoryKv::default()),
             secrets: Arc::new(StaticSecrets::default()),
         };
+        // Describe takes a pool slot like any call, so a load under full
+        // concurrency waits instead of failing on an exhausted pool.
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .map_err(|_| Error::Engine("runtime is shutting down".into()))?;
         let started = Instant::now();
         let mut store = self
             .store(grant, &backends, started)

@@ -143,7 +143,35 @@ impl SecretSource for EnvSecrets {
     }
 }
 
-type KvEntries = BTreeMap<String, BTreeMap<String, String>>;
+/// The `--kv-file` format: namespace → key → value. A UTF-8 value is stored as
+/// a JSON string; any other value as `{"hex": "..."}`, so no byte is lost.
+type KvEntries = BTreeMap<String, BTreeMap<String, KvValue>>;
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+enum KvValue {
+    Text(String),
+    Bytes { hex: String },
+}
+
+impl KvValue {
+    fn from_bytes(bytes: Vec<u8>) -> KvValue {
+        match String::from_utf8(bytes) {
+            Ok(text) => KvValue::Text(text),
+            Err(e) => KvValue::Bytes {
+                hex: hex::encode(e.into_bytes()),
+            },
+        }
+    }
+
+    fn into_bytes(self, ns: &str, key: &str) -> anyhow::Result<Vec<u8>> {
+        match self {
+            KvValue::Text(t) => Ok(t.into_bytes()),
+            KvValue::Bytes { hex } => hex::decode(&hex)
+                .with_context(|| format!("kv file: value of `{ns}/{key}` is not valid hex")),
+        }
+    }
+}
 
 fn load_kv(path: &Path, kv: &MemoryKv) -> anyhow::Result<()> {
     let text = match std::fs::read_to_string(path) {
@@ -153,10 +181,14 @@ fn load_kv(path: &Path, kv: &MemoryKv) -> anyhow::Result<()> {
     };
     let entries: KvEntries = serde_json::from_str(&text)
         .with_context(|| format!("kv file `{}` is not valid", path.display()))?;
-    kv.insert_all(entries.into_iter().flat_map(|(ns, m)| {
-        m.into_iter()
-            .map(move |(k, v)| (ns.clone(), k, v.into_bytes()))
-    }));
+    let mut all = Vec::new();
+    for (ns, m) in entries {
+        for (k, v) in m {
+            let bytes = v.into_bytes(&ns, &k)?;
+            all.push((ns.clone(), k, bytes));
+        }
+    }
+    kv.insert_all(all);
     Ok(())
 }
 
@@ -166,7 +198,7 @@ fn save_kv(path: &Path, kv: &MemoryKv) -> anyhow::Result<()> {
         entries
             .entry(ns)
             .or_default()
-            .insert(k, String::from_utf8_lossy(&v).into_owned());
+            .insert(k, KvValue::from_bytes(v));
     }
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, serde_json::to_vec_pretty(&entries)?)

@@ -276,6 +276,57 @@ fn kv_file_persists_between_runs() {
     assert_eq!(out["subject"], "s");
 }
 
+/// Values that are not UTF-8 survive a round trip through the kv file.
+#[test]
+fn kv_file_keeps_binary_values() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kv = dir.path().join("desk.json");
+    std::fs::write(
+        &kv,
+        r#"{"desk": {"blob": {"hex": "00ff10"}, "note": "plain"}}"#,
+    )
+    .expect("kv file");
+    let tk = guest("tickets");
+    let g = root().join("examples/grants/tickets-support.toml");
+    let o = warden(&[
+        "run",
+        tk.to_str().expect("utf-8"),
+        "--action",
+        "open_ticket",
+        "--input",
+        r#"{"subject":"s","body":"b"}"#,
+        "--grant",
+        g.to_str().expect("utf-8"),
+        "--kv-file",
+        kv.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let saved: Value = serde_json::from_slice(&std::fs::read(&kv).expect("kv file")).expect("json");
+    assert_eq!(saved["desk"]["blob"], serde_json::json!({"hex": "00ff10"}));
+    assert_eq!(saved["desk"]["note"], "plain");
+    assert!(saved["desk"]["ticket/0000000001"].is_string());
+
+    std::fs::write(&kv, r#"{"desk": {"blob": {"hex": "zz"}}}"#).expect("kv file");
+    let o = warden(&[
+        "run",
+        tk.to_str().expect("utf-8"),
+        "--action",
+        "read_ticket",
+        "--input",
+        r#"{"id":1}"#,
+        "--grant",
+        g.to_str().expect("utf-8"),
+        "--kv-file",
+        kv.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o.stderr).contains("value of `desk/blob` is not valid hex"),
+        "{}",
+        text(&o.stderr)
+    );
+}
+
 #[test]
 fn inspect_shows_actions_effects_and_valid_schemas() {
     let tk = guest("tickets");
