@@ -98,8 +98,14 @@ fn readme_grant_examples_parse() {
     let mut n = 0;
     for block in readme.split("```toml").skip(1) {
         let body = block.split("```").next().unwrap_or_default();
-        if body.contains("[[actions]]") || body.contains("[package]") {
-            continue; // a tool manifest or Cargo.toml, not a grant
+        if body.contains("[package]") {
+            continue; // a Cargo.toml
+        }
+        if body.contains("[[actions]]") {
+            if let Err(e) = warden_policy::Manifest::from_toml(body) {
+                panic!("README manifest example does not parse: {e}\n{body}");
+            }
+            continue;
         }
         if let Err(e) = warden_policy::Grant::from_toml(body) {
             panic!("README grant example does not parse: {e}\n{body}");

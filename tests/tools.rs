@@ -1,10 +1,9 @@
 //! The real tools: behaviour, typed errors, per-action permissions, and
-//! agreement between each `tool.toml` manifest and the component's own
-//! description.
-
-use std::collections::BTreeSet;
+//! agreement between each `tool.toml` manifest, the component's own
+//! description, and the example grants.
 
 use serde_json::json;
+use warden_policy::Manifest;
 use warden_runtime::Outcome;
 use warden_tests::{backends, grant, invoke, load, root, runtime};
 
@@ -161,78 +160,57 @@ async fn tickets_per_action_permissions() {
     assert!(matches!(r.outcome, Outcome::InvalidInput { ref field, .. } if field == "subject"));
 }
 
-/// Each real tool's `tool.toml` names exactly the actions, effect classes and
-/// capabilities its component describes and imports.
+/// Each real tool's `tool.toml` is a valid manifest that agrees with the
+/// component's own description (actions, effect classes) and imports.
 #[tokio::test]
 async fn manifests_agree_with_descriptions() {
     let rt = runtime();
     for name in ["text", "http-fetch", "files", "kv", "tickets"] {
         let path = root().join("tools").join(name).join("tool.toml");
-        let manifest: toml::Value =
-            toml::from_str(&std::fs::read_to_string(&path).expect("manifest"))
-                .expect("manifest toml");
+        let manifest = Manifest::from_toml(&std::fs::read_to_string(&path).expect("manifest"))
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let tool = load(&rt, name).await;
         let info = tool.info();
-        assert_eq!(
-            manifest["name"].as_str(),
-            Some(info.name.as_str()),
-            "{name}"
-        );
-        assert_eq!(
-            manifest["version"].as_str(),
-            Some(info.version.as_str()),
-            "{name}"
-        );
-        let declared: BTreeSet<(String, String)> = manifest["actions"]
-            .as_array()
-            .expect("actions")
-            .iter()
-            .map(|a| {
-                (
-                    a["name"].as_str().unwrap_or_default().to_owned(),
-                    a["effect"].as_str().unwrap_or_default().to_owned(),
-                )
-            })
-            .collect();
-        let described: BTreeSet<(String, String)> = info
-            .actions
-            .iter()
-            .map(|a| {
-                (
-                    a.name.clone(),
-                    serde_json::to_value(a.effect)
-                        .expect("effect")
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_owned(),
-                )
-            })
-            .collect();
-        assert_eq!(
-            declared, described,
-            "{name}: manifest actions differ from describe"
-        );
-        let caps: BTreeSet<String> = manifest["capabilities"]
-            .as_array()
-            .expect("capabilities")
-            .iter()
-            .filter_map(|c| c.as_str().map(str::to_owned))
-            .collect();
-        let imported: BTreeSet<String> = tool
-            .required_capabilities()
-            .iter()
-            .map(|c| c.to_string())
-            .collect();
-        assert_eq!(
-            caps, imported,
-            "{name}: manifest capabilities differ from the component's imports"
-        );
-        for a in &info.actions {
-            assert!(
-                a.input_schema.is_object() && a.output_schema.is_object(),
-                "{name}/{}",
-                a.name
-            );
+        assert_eq!(manifest.name, info.name, "{name}");
+        assert_eq!(manifest.version, info.version, "{name}");
+        if let Err(e) = manifest.check_component(&info.effects(), tool.required_capabilities()) {
+            panic!("{name}: {e}");
         }
     }
+}
+
+/// The example grants fit the manifests of the tools they are for, and a
+/// manifest refuses a wider grant naming the excess.
+#[test]
+fn example_grants_fit_their_manifests() {
+    let manifest = |tool: &str| {
+        Manifest::from_toml(
+            &std::fs::read_to_string(root().join("tools").join(tool).join("tool.toml"))
+                .expect("manifest"),
+        )
+        .expect("valid manifest")
+    };
+    let grant_file = |f: &str| {
+        warden_policy::Grant::from_toml(
+            &std::fs::read_to_string(root().join("examples/grants").join(f)).expect("grant"),
+        )
+        .expect("valid grant")
+    };
+    assert_eq!(
+        manifest("tickets").check_grant(&grant_file("tickets-support.toml")),
+        Ok(())
+    );
+    assert_eq!(
+        manifest("files").check_grant(&grant_file("files-readonly.toml")),
+        Ok(())
+    );
+    let wider = warden_policy::Grant::from_toml("[http]\nallow = [{ host = \"api.example.com\" }]")
+        .expect("grant");
+    let err = manifest("tickets")
+        .check_grant(&wider)
+        .expect_err("wider grant refused");
+    assert_eq!(
+        err.to_string(),
+        "grant exceeds the tool's manifest: capability `http` is not requested by tool `tickets`"
+    );
 }

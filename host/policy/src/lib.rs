@@ -10,6 +10,7 @@
 mod check;
 mod grant;
 mod limits;
+mod manifest;
 
 pub use check::{Decision, ImportCall, check_import};
 pub use grant::{
@@ -17,6 +18,10 @@ pub use grant::{
     MAX_KV_KEY_BYTES, MAX_KV_VALUE_BYTES, MAX_LOG_BYTES, MAX_RESPONSE_BYTES, SecretsGrant,
 };
 pub use limits::{Limits, ceiling};
+pub use manifest::{
+    Classification, DirRequest, Effect, FsRequest, HttpRequest, KvRequest, LogRequest, Manifest,
+    ManifestAction, Requests, SecretsRequest,
+};
 
 /// Why a grant or a policy input was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -25,6 +30,12 @@ pub enum Error {
     InvalidGrant(String),
     #[error("unknown capability `{0}` (known: fs, http, kv, secrets, log)")]
     UnknownCapability(String),
+    #[error("invalid manifest: {0}")]
+    InvalidManifest(String),
+    #[error("manifest does not match the component: {0}")]
+    ManifestMismatch(String),
+    #[error("grant exceeds the tool's manifest: {0}")]
+    GrantExceedsManifest(String),
 }
 
 /// Result of this crate.

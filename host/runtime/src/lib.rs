@@ -38,7 +38,8 @@ pub use caps::secrets::{SecretSource, StaticSecrets};
 pub use guard::ImportEvent;
 pub use linker::{Provider, capability_of};
 pub use state::Backends;
-pub use tool::{ActionInfo, Effect, Tool, ToolInfo};
+pub use tool::{ActionInfo, Tool, ToolInfo};
+pub use warden_policy::Effect;
 
 use bindings::ToolPre;
 use state::{CallState, LimitHit};

@@ -14,7 +14,7 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use warden_policy::Capability;
+use warden_policy::{Capability, Effect};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
@@ -22,16 +22,6 @@ use crate::bindings::ToolPre;
 use crate::linker::{Provider, capability_of};
 use crate::state::CallState;
 use crate::{Error, Result};
-
-/// Effect class of an action.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Effect {
-    Read,
-    Write,
-    Destructive,
-    External,
-}
 
 /// One action as the tool describes it, with parsed schemas.
 #[derive(Debug, Clone, Serialize)]
@@ -56,6 +46,14 @@ impl ToolInfo {
     /// The action named `name`.
     pub fn action(&self, name: &str) -> Option<&ActionInfo> {
         self.actions.iter().find(|a| a.name == name)
+    }
+
+    /// Action name → effect class, for checking a manifest.
+    pub fn effects(&self) -> std::collections::BTreeMap<String, Effect> {
+        self.actions
+            .iter()
+            .map(|a| (a.name.clone(), a.effect))
+            .collect()
     }
 
     /// Converts the raw WIT description, refusing what the host cannot use.

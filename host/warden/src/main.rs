@@ -11,8 +11,10 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use warden_policy::{Grant, Limits};
-use warden_runtime::{Backends, Call, MemoryKv, Outcome, Runtime, RuntimeConfig, SecretSource};
+use warden_policy::{Grant, Limits, Manifest};
+use warden_runtime::{
+    Backends, Call, MemoryKv, Outcome, Runtime, RuntimeConfig, SecretSource, Tool,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -44,6 +46,10 @@ enum Command {
         /// Persist the kv capability's store in this JSON file between runs.
         #[arg(long)]
         kv_file: Option<PathBuf>,
+        /// The tool's `tool.toml`: refuse to run when the component disagrees
+        /// with it or the grant is wider than it requests.
+        #[arg(long)]
+        manifest: Option<PathBuf>,
         /// Print a JSON report (outcome, output, fuel, time, import calls)
         /// instead of the bare output.
         #[arg(long)]
@@ -53,6 +59,9 @@ enum Command {
     Inspect {
         /// The tool component (`.wasm`).
         component: PathBuf,
+        /// Check the component against this `tool.toml` manifest.
+        #[arg(long)]
+        manifest: Option<PathBuf>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -104,19 +113,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             input,
             grant,
             kv_file,
+            manifest,
             json,
         } => {
-            run_action(
-                &component,
-                &action,
-                &input,
-                grant.as_deref(),
-                kv_file.as_deref(),
-                json,
-            )
-            .await
+            let files = RunFiles {
+                grant: grant.as_deref(),
+                kv: kv_file.as_deref(),
+                manifest: manifest.as_deref(),
+            };
+            run_action(&component, &action, &input, files, json).await
         }
-        Command::Inspect { component, json } => inspect(&component, json).await,
+        Command::Inspect {
+            component,
+            manifest,
+            json,
+        } => inspect(&component, manifest.as_deref(), json).await,
     }
 }
 
@@ -206,14 +217,39 @@ fn save_kv(path: &Path, kv: &MemoryKv) -> anyhow::Result<()> {
         .with_context(|| format!("writing kv file `{}`", path.display()))
 }
 
+/// Optional files of `warden run`.
+#[derive(Debug, Clone, Copy)]
+struct RunFiles<'a> {
+    grant: Option<&'a Path>,
+    kv: Option<&'a Path>,
+    manifest: Option<&'a Path>,
+}
+
+fn read_manifest(path: &Path) -> anyhow::Result<Manifest> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading manifest `{}`", path.display()))?;
+    Manifest::from_toml(&text).with_context(|| format!("manifest `{}`", path.display()))
+}
+
+/// Checks that the component agrees with its manifest.
+fn check_manifest(manifest: &Manifest, tool: &Tool) -> anyhow::Result<()> {
+    manifest
+        .check_component(&tool.info().effects(), tool.required_capabilities())
+        .context("checking the component against its manifest")
+}
+
 async fn run_action(
     component: &Path,
     action: &str,
     input: &str,
-    grant: Option<&Path>,
-    kv_file: Option<&Path>,
+    files: RunFiles<'_>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
+    let RunFiles {
+        grant,
+        kv: kv_file,
+        manifest,
+    } = files;
     let input = if input == "-" {
         std::io::read_to_string(std::io::stdin()).context("reading input from standard input")?
     } else {
@@ -235,6 +271,11 @@ async fn run_action(
         .load_file(component)
         .await
         .with_context(|| format!("loading `{}`", component.display()))?;
+    if let Some(path) = manifest {
+        let manifest = read_manifest(path)?;
+        check_manifest(&manifest, &tool)?;
+        manifest.check_grant(&grant)?;
+    }
     let kv = Arc::new(MemoryKv::default());
     if let Some(path) = kv_file {
         load_kv(path, &kv)?;
@@ -285,12 +326,19 @@ async fn run_action(
     })
 }
 
-async fn inspect(component: &Path, json: bool) -> anyhow::Result<ExitCode> {
+async fn inspect(
+    component: &Path,
+    manifest: Option<&Path>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let runtime = runtime()?;
     let tool = runtime
         .load_file(component)
         .await
         .with_context(|| format!("loading `{}`", component.display()))?;
+    if let Some(path) = manifest {
+        check_manifest(&read_manifest(path)?, &tool)?;
+    }
     let info = tool.info();
     let mut out = std::io::stdout().lock();
     if json {
@@ -306,6 +354,13 @@ async fn inspect(component: &Path, json: bool) -> anyhow::Result<ExitCode> {
     }
     writeln!(out, "{} {} — {}", info.name, info.version, info.description)?;
     writeln!(out, "sha256: {}", tool.hash_hex())?;
+    if let Some(path) = manifest {
+        writeln!(
+            out,
+            "manifest: `{}` agrees with the component",
+            path.display()
+        )?;
+    }
     let caps: Vec<String> = tool
         .required_capabilities()
         .iter()

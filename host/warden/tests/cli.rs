@@ -391,3 +391,63 @@ fn host_environment_is_invisible() {
     assert_eq!(out["env"], serde_json::json!([]));
     assert!(!text(&o.stdout).contains("do-not-leak"));
 }
+
+/// `--manifest` checks the component against its `tool.toml` and refuses a
+/// grant wider than the manifest requests, naming the excess.
+#[test]
+fn manifest_checks() {
+    let f = guest("files");
+    let f = f.to_str().expect("utf-8");
+    let files_manifest = root().join("tools/files/tool.toml");
+    let files_manifest = files_manifest.to_str().expect("utf-8");
+    let o = warden(&["inspect", f, "--manifest", files_manifest]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("agrees with the component"));
+
+    // The tickets manifest does not describe the files component.
+    let tickets_manifest = root().join("tools/tickets/tool.toml");
+    let o = warden(&[
+        "inspect",
+        f,
+        "--manifest",
+        tickets_manifest.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o.stderr).contains("manifest does not match the component"),
+        "{}",
+        text(&o.stderr)
+    );
+
+    // A grant for a directory the tool does not request is refused before running.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let g = dir.path().join("g.toml");
+    std::fs::write(
+        &g,
+        format!(
+            "[fs]\ndirs = [{{ host = \"{}\", guest = \"/etc\", mode = \"read-only\" }}]\n",
+            dir.path().display()
+        ),
+    )
+    .expect("grant");
+    let o = warden(&[
+        "run",
+        f,
+        "--action",
+        "list",
+        "--input",
+        r#"{"path":"."}"#,
+        "--grant",
+        g.to_str().expect("utf-8"),
+        "--manifest",
+        files_manifest,
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o.stderr)
+            .contains("grant exceeds the tool's manifest: fs: guest path `/etc` is not requested"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert!(o.stdout.is_empty());
+}
