@@ -170,6 +170,14 @@ async fn invalid_components_are_refused_at_load() {
         Err(Error::InvalidComponent(m)) => assert!(m.contains("failed to parse"), "{m}"),
         other => panic!("malformed accepted: {other:?}"),
     }
+    match rt.load_file(&warden_tests::guest("fixture_sockets")).await {
+        Err(e @ Error::UnsupportedImport(_)) => {
+            let m = e.to_string();
+            assert!(m.starts_with("component imports `wasi:sockets/"), "{m}");
+            assert!(m.ends_with("which Warden never provides"), "{m}");
+        }
+        other => panic!("raw sockets accepted: {other:?}"),
+    }
     match rt.load(b"").await {
         Err(Error::InvalidComponent(_)) => {}
         other => panic!("empty bytes accepted: {other:?}"),

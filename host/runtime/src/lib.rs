@@ -94,6 +94,11 @@ pub const DESCRIBE_LIMITS: Limits = Limits {
     stdio_bytes: 16 << 10,
 };
 
+/// Largest input accepted, in bytes. A security bound: the input is copied
+/// into guest memory, and no tool call needs more (the RPC layer caps bodies
+/// lower still).
+pub const MAX_INPUT_BYTES: usize = 16 << 20;
+
 /// Extra time past a call's deadline before the host abandons it while it
 /// waits in a host call (for example a slow HTTP response). Wasm execution
 /// itself is stopped by the epoch at the deadline.
@@ -399,6 +404,21 @@ impl Runtime {
         if tool.info.action(call.action).is_none() {
             return Outcome::UnknownAction {
                 action: call.action.to_owned(),
+            };
+        }
+        if call.input.len() > MAX_INPUT_BYTES {
+            return Outcome::InvalidInput {
+                field: "$".into(),
+                message: format!(
+                    "input of {} bytes exceeds {MAX_INPUT_BYTES} bytes",
+                    call.input.len()
+                ),
+            };
+        }
+        if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(call.input) {
+            return Outcome::InvalidInput {
+                field: "$".into(),
+                message: format!("input is not JSON: {e}"),
             };
         }
         if !grant.allows_action(call.action) {
