@@ -262,3 +262,56 @@ async fn compile_cache_hits_and_survives_corruption() {
     assert!(!third.loaded_from_cache());
     healthy(&rt, &third).await;
 }
+
+/// Refusals that happen before any instance exists: an invalid grant built in
+/// code, oversized input, input that is not JSON. Nothing runs, no fuel is used.
+#[tokio::test]
+async fn bad_grants_and_inputs_are_refused_before_running() {
+    let rt = runtime();
+    let h = load(&rt, "fixture_hostile").await;
+    let text = load(&rt, "text").await;
+
+    let mut bad = warden_policy::Grant::empty(warden_policy::Limits::STANDARD);
+    bad.limits.memory_bytes = u64::MAX;
+    let r = invoke(
+        &rt,
+        &h,
+        &std::sync::Arc::new(bad),
+        &backends(&[]),
+        "spin",
+        json!({}),
+    )
+    .await;
+    assert!(
+        matches!(&r.outcome, Outcome::NotGranted { reason } if reason.contains("memory_bytes must be between")),
+        "{:?}",
+        r.outcome
+    );
+    assert_eq!(r.fuel_used, 0);
+
+    let big = "x".repeat(warden_runtime::MAX_INPUT_BYTES + 1);
+    let call = warden_runtime::Call {
+        action: "spin",
+        input: &big,
+    };
+    let r = rt.invoke(&h, grant(""), &backends(&[]), call).await;
+    assert!(
+        matches!(&r.outcome, Outcome::InvalidInput { field, message } if field == "$" && message.contains("exceeds")),
+        "{:?}",
+        r.outcome
+    );
+    assert_eq!(r.fuel_used, 0);
+
+    let call = warden_runtime::Call {
+        action: "spin",
+        input: "{not json",
+    };
+    let r = rt.invoke(&h, grant(""), &backends(&[]), call).await;
+    assert!(
+        matches!(&r.outcome, Outcome::InvalidInput { field, message } if field == "$" && message.contains("not JSON")),
+        "{:?}",
+        r.outcome
+    );
+    assert_eq!(r.fuel_used, 0);
+    healthy(&rt, &text).await;
+}

@@ -400,7 +400,14 @@ impl Runtime {
         started: Instant,
         report: &mut Report,
     ) -> Outcome {
-        // Cheapest refusals first, before any wasm object exists.
+        // Cheapest refusals first, before any wasm object exists. A grant built
+        // in code rather than parsed may be invalid: validate it again and
+        // fail closed.
+        if let Err(e) = grant.validate() {
+            return Outcome::NotGranted {
+                reason: e.to_string(),
+            };
+        }
         if tool.info.action(call.action).is_none() {
             return Outcome::UnknownAction {
                 action: call.action.to_owned(),
