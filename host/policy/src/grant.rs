@@ -143,29 +143,29 @@ impl Grant {
 
     /// The capabilities this grant includes.
     pub fn capabilities(&self) -> BTreeSet<Capability> {
-        let mut caps = BTreeSet::new();
-        if self.fs.is_some() {
-            caps.insert(Capability::Fs);
-        }
-        if self.http.is_some() {
-            caps.insert(Capability::Http);
-        }
-        if self.kv.is_some() {
-            caps.insert(Capability::Kv);
-        }
-        if self.secrets.is_some() {
-            caps.insert(Capability::Secrets);
-        }
-        if self.log.is_some() {
-            caps.insert(Capability::Log);
-        }
-        caps
+        present([
+            (Capability::Fs, self.fs.is_some()),
+            (Capability::Http, self.http.is_some()),
+            (Capability::Kv, self.kv.is_some()),
+            (Capability::Secrets, self.secrets.is_some()),
+            (Capability::Log, self.log.is_some()),
+        ])
     }
 
     /// Whether the grant lets the caller invoke `action`.
     pub fn allows_action(&self, action: &str) -> bool {
         self.actions.as_ref().is_none_or(|a| a.contains(action))
     }
+}
+
+/// The capabilities whose flag is set. Grants and manifests both describe
+/// capabilities as optional sections; this turns them into one set.
+pub(crate) fn present(flags: [(Capability, bool); 5]) -> BTreeSet<Capability> {
+    flags
+        .into_iter()
+        .filter(|(_, on)| *on)
+        .map(|(c, _)| c)
+        .collect()
 }
 
 /// The grant file as written by people: limits may be partly given.

@@ -98,23 +98,13 @@ pub struct Requests {
 impl Requests {
     /// The requested capabilities.
     pub fn capabilities(&self) -> BTreeSet<Capability> {
-        let mut c = BTreeSet::new();
-        if self.fs.is_some() {
-            c.insert(Capability::Fs);
-        }
-        if self.http.is_some() {
-            c.insert(Capability::Http);
-        }
-        if self.kv.is_some() {
-            c.insert(Capability::Kv);
-        }
-        if self.secrets.is_some() {
-            c.insert(Capability::Secrets);
-        }
-        if self.log.is_some() {
-            c.insert(Capability::Log);
-        }
-        c
+        crate::grant::present([
+            (Capability::Fs, self.fs.is_some()),
+            (Capability::Http, self.http.is_some()),
+            (Capability::Kv, self.kv.is_some()),
+            (Capability::Secrets, self.secrets.is_some()),
+            (Capability::Log, self.log.is_some()),
+        ])
     }
 }
 
