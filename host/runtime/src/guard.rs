@@ -128,9 +128,9 @@ impl Guard {
             .cloned()
     }
 
-    /// All events so far.
-    pub fn events(&self) -> Vec<ImportEvent> {
-        self.lock().events.clone()
+    /// Moves the events out, for the report at the end of a call.
+    pub fn take_events(&self) -> Vec<ImportEvent> {
+        std::mem::take(&mut self.lock().events)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {

@@ -482,9 +482,10 @@ impl Runtime {
         .await;
 
         report.fuel_used = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
-        let state = store.data();
-        report.imports = state.guard.events();
-        report.logs = state.log.lines.clone();
+        let state = store.data_mut();
+        let first_denial = state.guard.first_denial();
+        report.imports = state.guard.take_events();
+        report.logs = std::mem::take(&mut state.log.lines);
         report.logs_dropped = state.log.dropped;
         let (stdout, out_dropped) = state.stdout.take();
         let (stderr, err_dropped) = state.stderr.take();
@@ -492,7 +493,6 @@ impl Runtime {
         report.stderr = stderr;
         report.stdio_dropped = out_dropped + err_dropped;
         let hit = state.limiter.hit;
-        let first_denial = state.guard.first_denial();
 
         match result {
             Err(_elapsed) => Outcome::Deadline {

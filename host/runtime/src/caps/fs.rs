@@ -86,11 +86,13 @@ impl FsView<'_> {
     }
 
     /// Records the effect's failure, as a sandbox denial when the
-    /// capability-based filesystem refused to leave the directory.
+    /// capability-based filesystem refused to leave the directory. cap-std
+    /// reports an escape as EPERM (`not-permitted`); EACCES (`access`) is an
+    /// ordinary host permission and is recorded as an error, not an escape.
     fn record<T>(&self, seq: u32, path: &str, result: &FsResult<T>) {
         if let Err(e) = result {
             match e.downcast_ref() {
-                Some(types::ErrorCode::NotPermitted) | Some(types::ErrorCode::Access) => {
+                Some(types::ErrorCode::NotPermitted) => {
                     self.guard.record_sandbox_denial(
                         seq,
                         "sandbox.fs.escape",
