@@ -35,7 +35,7 @@ fn no_inherit_in_host_code() {
 /// Every fixture under tools/fixtures is exercised by a test.
 #[test]
 fn every_fixture_has_a_test() {
-    let tests: String = ["hostile.rs", "capabilities.rs"]
+    let tests: String = ["hostile.rs", "capabilities.rs", "governance.rs"]
         .iter()
         .map(|f| std::fs::read_to_string(root().join("tests").join(f)).expect("test file"))
         .collect();

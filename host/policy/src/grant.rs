@@ -87,6 +87,10 @@ pub struct Grant {
     pub secrets: Option<SecretsGrant>,
     #[serde(default)]
     pub log: Option<LogGrant>,
+    /// Call-rate limits and quotas. Stored with the grant; enforced by the
+    /// guardrail checks in front of the runtime, not by the runtime itself.
+    #[serde(default)]
+    pub rate: Option<RateGrant>,
 }
 
 impl Grant {
@@ -100,6 +104,7 @@ impl Grant {
             kv: None,
             secrets: None,
             log: None,
+            rate: None,
         }
     }
 
@@ -115,6 +120,7 @@ impl Grant {
             kv: file.kv,
             secrets: file.secrets,
             log: file.log,
+            rate: file.rate,
         };
         grant.validate()?;
         Ok(grant)
@@ -137,6 +143,9 @@ impl Grant {
         }
         if let Some(log) = &self.log {
             log.validate()?;
+        }
+        if let Some(rate) = &self.rate {
+            rate.validate()?;
         }
         Ok(())
     }
@@ -179,6 +188,7 @@ struct GrantFile {
     kv: Option<KvGrant>,
     secrets: Option<SecretsGrant>,
     log: Option<LogGrant>,
+    rate: Option<RateGrant>,
 }
 
 /// Access mode of a granted directory.
@@ -462,5 +472,31 @@ impl Default for LogGrant {
         LogGrant {
             max_bytes: default_max_log_bytes(),
         }
+    }
+}
+
+/// Call-rate limits and quotas of a grant. Each bound that is given must be
+/// at least 1; a missing bound is not limited by the grant (the tenant's
+/// guardrail policy may still limit it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateGrant {
+    /// Most calls in any sliding minute.
+    #[serde(default)]
+    pub per_minute: Option<u32>,
+    /// Most calls per UTC day: the quota.
+    #[serde(default)]
+    pub per_day: Option<u32>,
+}
+
+impl RateGrant {
+    fn validate(&self) -> Result<()> {
+        if self.per_minute == Some(0) || self.per_day == Some(0) {
+            return Err(Error::InvalidGrant(
+                "rate: per_minute and per_day must be at least 1 (revoke the grant to allow no calls)"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 }

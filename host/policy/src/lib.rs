@@ -11,17 +11,20 @@ mod check;
 mod grant;
 mod limits;
 mod manifest;
+mod roles;
 
 pub use check::{Decision, ImportCall, check_import};
 pub use grant::{
     Capability, DirGrant, DirMode, FsGrant, Grant, HostRule, HttpGrant, KvGrant, LogGrant,
-    MAX_KV_KEY_BYTES, MAX_KV_VALUE_BYTES, MAX_LOG_BYTES, MAX_RESPONSE_BYTES, SecretsGrant,
+    MAX_KV_KEY_BYTES, MAX_KV_VALUE_BYTES, MAX_LOG_BYTES, MAX_RESPONSE_BYTES, RateGrant,
+    SecretsGrant,
 };
 pub use limits::{Limits, ceiling};
 pub use manifest::{
     Classification, DirRequest, Effect, FsRequest, HttpRequest, KvRequest, LogRequest, Manifest,
     ManifestAction, Requests, SecretsRequest,
 };
+pub use roles::{Operation, Role, Roles, SeparationRule};
 
 /// Why a grant or a policy input was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -36,6 +39,8 @@ pub enum Error {
     ManifestMismatch(String),
     #[error("grant exceeds the tool's manifest: {0}")]
     GrantExceedsManifest(String),
+    #[error("{0}")]
+    InvalidRole(String),
 }
 
 /// Result of this crate.

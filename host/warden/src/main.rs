@@ -1,7 +1,11 @@
 //! `warden`: the command-line entry point.
 //!
 //! For tool authors: `warden run` runs one action of a component under a grant
-//! file and `warden inspect` prints a component's actions and schemas.
+//! file and `warden inspect` prints a component's actions and schemas. For
+//! operators and agents: `warden serve` and the governance commands in `ops`,
+//! which work on a data directory.
+
+mod ops;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -23,6 +27,8 @@ use warden_runtime::{
     about = "WebAssembly-sandboxed tool host for AI agents"
 )]
 struct Cli {
+    #[command(flatten)]
+    common: ops::Common,
     #[command(subcommand)]
     command: Command,
 }
@@ -50,10 +56,57 @@ enum Command {
         /// with it or the grant is wider than it requests.
         #[arg(long)]
         manifest: Option<PathBuf>,
-        /// Print a JSON report (outcome, output, fuel, time, import calls)
-        /// instead of the bare output.
+    },
+    /// Open (on first start: create) the data directory, print the one-time
+    /// admin key on first start, and keep agents' renewal state current.
+    Serve,
+    /// Tenants and their settings.
+    #[command(subcommand)]
+    Tenant(ops::TenantCmd),
+    /// People and service accounts of a tenant, with their roles.
+    #[command(subcommand)]
+    Principal(ops::PrincipalCmd),
+    /// The tool registry: publish, deploy, roll back.
+    #[command(subcommand)]
+    Tool(ops::ToolCmd),
+    /// Agent identities and their lifecycle.
+    #[command(subcommand)]
+    Agent(ops::AgentCmd),
+    /// Capability grants of agents on tools.
+    #[command(subcommand)]
+    Grant(ops::GrantCmd),
+    /// Agent credentials.
+    #[command(subcommand)]
+    Credential(ops::CredentialCmd),
+    /// Agents, owners, status, renewal dates, idle flags and grants.
+    Inventory,
+    /// The tenant's governance history.
+    History,
+    /// (agent) Exchange a credential for a short-lived access token.
+    Token {
+        #[arg(long, env = "WARDEN_CREDENTIAL", hide_env_values = true)]
+        credential: String,
+        /// Token lifetime in seconds (default 3600, at most 86400).
         #[arg(long)]
-        json: bool,
+        ttl_secs: Option<u64>,
+        /// Narrow the token to these tools (repeat or comma-separate).
+        #[arg(long = "tool", value_delimiter = ',')]
+        tools: Option<Vec<String>>,
+    },
+    /// (agent) List the actions the token's agent may call.
+    Actions {
+        #[arg(long, env = "WARDEN_TOKEN", hide_env_values = true)]
+        token: String,
+    },
+    /// (agent) Call one granted action.
+    Call {
+        tool: String,
+        action: String,
+        /// The action's input as JSON text (`-` reads standard input).
+        #[arg(long, default_value = "{}")]
+        input: String,
+        #[arg(long, env = "WARDEN_TOKEN", hide_env_values = true)]
+        token: String,
     },
     /// Print a tool component's actions, effect classes and schemas.
     Inspect {
@@ -62,9 +115,6 @@ enum Command {
         /// Check the component against this `tool.toml` manifest.
         #[arg(long)]
         manifest: Option<PathBuf>,
-        /// Print JSON instead of text.
-        #[arg(long)]
-        json: bool,
     },
 }
 
@@ -106,7 +156,30 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let common = &cli.common;
+    let json = common.json;
     match cli.command {
+        Command::Serve => ops::serve(common).await,
+        Command::Tenant(c) => ops::tenant(common, c).await,
+        Command::Principal(c) => ops::principal(common, c).await,
+        Command::Tool(c) => ops::tool(common, c).await,
+        Command::Agent(c) => ops::agent(common, c).await,
+        Command::Grant(c) => ops::grant(common, c).await,
+        Command::Credential(c) => ops::credential(common, c).await,
+        Command::Inventory => ops::inventory(common).await,
+        Command::History => ops::history(common).await,
+        Command::Token {
+            credential,
+            ttl_secs,
+            tools,
+        } => ops::token(common, &credential, ttl_secs, tools).await,
+        Command::Actions { token } => ops::actions(common, &token).await,
+        Command::Call {
+            tool,
+            action,
+            input,
+            token,
+        } => ops::call(common, &token, &tool, &action, &input).await,
         Command::Run {
             component,
             action,
@@ -114,7 +187,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             grant,
             kv_file,
             manifest,
-            json,
         } => {
             let files = RunFiles {
                 grant: grant.as_deref(),
@@ -126,21 +198,37 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Inspect {
             component,
             manifest,
-            json,
         } => inspect(&component, manifest.as_deref(), json).await,
     }
 }
 
-fn runtime() -> anyhow::Result<Runtime> {
-    let cache_dir = std::env::var_os("WARDEN_CACHE_DIR")
+/// The compiled-component cache: `WARDEN_CACHE_DIR`, else `~/.cache/warden/components`.
+fn cache_dir() -> Option<PathBuf> {
+    std::env::var_os("WARDEN_CACHE_DIR")
         .map(PathBuf::from)
         .or_else(|| {
             std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/warden/components"))
-        });
+        })
+}
+
+fn runtime() -> anyhow::Result<Runtime> {
     Ok(Runtime::new(RuntimeConfig {
         max_concurrent: 8,
-        cache_dir,
+        cache_dir: cache_dir(),
     })?)
+}
+
+/// The `--input` text: JSON given inline, or `-` for standard input.
+fn read_input(input: &str) -> anyhow::Result<String> {
+    let input = if input == "-" {
+        std::io::read_to_string(std::io::stdin()).context("reading input from standard input")?
+    } else {
+        input.to_owned()
+    };
+    if let Err(e) = serde_json::from_str::<serde_json::Value>(&input) {
+        bail!("--input is not valid JSON: {e}");
+    }
+    Ok(input)
 }
 
 /// Secret values for `warden run` come from `WARDEN_SECRET_<NAME>` variables;
@@ -250,14 +338,7 @@ async fn run_action(
         kv: kv_file,
         manifest,
     } = files;
-    let input = if input == "-" {
-        std::io::read_to_string(std::io::stdin()).context("reading input from standard input")?
-    } else {
-        input.to_owned()
-    };
-    if let Err(e) = serde_json::from_str::<serde_json::Value>(&input) {
-        bail!("--input is not valid JSON: {e}");
-    }
+    let input = read_input(input)?;
     let grant = match grant {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -298,6 +379,12 @@ async fn run_action(
     if let Some(path) = kv_file {
         save_kv(path, &kv)?;
     }
+    print_report(&report, json)
+}
+
+/// Prints a call's output (or, with `json`, the whole report) and returns the
+/// exit code of its outcome.
+fn print_report(report: &warden_runtime::Report, json: bool) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     if json {
         serde_json::to_writer_pretty(&mut out, &report)?;

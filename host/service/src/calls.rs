@@ -1,0 +1,385 @@
+//! The agent side: exchanging a credential for an access token, listing the
+//! granted actions, and the path of one call.
+//!
+//! A call re-checks everything on every call, from the store: the token (not
+//! revoked, not expired), the agent (active, not past renewal), the token's
+//! tool scope, the live grant (present, unexpired, parses, validates, within
+//! the live version's manifest) and the action. Only then is the component
+//! loaded and an instance built from that grant alone. Anything that fails on
+//! the way is a refusal; nothing runs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use warden_policy::{Classification, Effect, Grant};
+use warden_runtime::{Backends, Call, Outcome, Report, Tool};
+use warden_store::{TenantStore, TokenRecord};
+
+use crate::governance::parse_manifest;
+use crate::keys::{self, KeyKind};
+use crate::secrets::TenantSecrets;
+use crate::{AgentRecord, AgentStatus, Error, MAX_TOKEN_TTL, Result, Warden};
+
+/// Write `last_active_at` at most this often per agent: activity is a
+/// review signal measured in days, not an audit record (the audit trail has
+/// every call).
+const TOUCH_EVERY_SECS: i64 = 60;
+
+/// A freshly issued access token (shown once).
+#[derive(Debug, Clone, Serialize)]
+pub struct AccessToken {
+    pub token: String,
+    pub tenant: String,
+    pub agent: String,
+    pub expires_at: i64,
+    /// Tools the token is narrowed to; `None` means every granted tool.
+    pub tools: Option<Vec<String>>,
+}
+
+/// An authenticated agent.
+#[derive(Debug, Clone)]
+pub struct AgentSession {
+    pub tenant: String,
+    pub agent_id: String,
+    pub agent: String,
+    pub tools: Option<Vec<String>>,
+    pub expires_at: i64,
+    token_hash: String,
+}
+
+/// One action an agent may call.
+#[derive(Debug, Clone, Serialize)]
+pub struct GrantedAction {
+    pub tool: String,
+    pub version: String,
+    pub action: String,
+    pub description: String,
+    pub effect: Effect,
+    pub classification: Classification,
+    pub input_schema: serde_json::Value,
+    pub output_schema: serde_json::Value,
+}
+
+/// A report for a call refused before anything ran.
+fn refused(tool: &str, action: &str, reason: String) -> Report {
+    Report {
+        tool: tool.to_owned(),
+        version: String::new(),
+        component_sha256: String::new(),
+        action: action.to_owned(),
+        outcome: Outcome::NotGranted { reason },
+        output: None,
+        fuel_used: 0,
+        elapsed_us: 0,
+        imports: Vec::new(),
+        logs: Vec::new(),
+        logs_dropped: 0,
+        stdout: String::new(),
+        stderr: String::new(),
+        stdio_dropped: 0,
+    }
+}
+
+/// What resolving a call produced: a runnable grant, or why not.
+enum Resolved {
+    Run { grant: Arc<Grant>, tool: Arc<Tool> },
+    Refused(String),
+}
+
+impl Warden {
+    /// Exchanges an agent's long-lived credential for a short-lived access
+    /// token, optionally narrowed to some tools.
+    pub async fn exchange_credential(
+        &self,
+        credential: &str,
+        ttl: Option<Duration>,
+        tools: Option<Vec<String>>,
+    ) -> Result<AccessToken> {
+        let Some((KeyKind::Credential, Some(tenant))) = keys::parse(credential) else {
+            return Err(Error::Unauthenticated("malformed agent credential".into()));
+        };
+        let unknown = || Error::Unauthenticated("unknown or revoked agent credential".into());
+        let store = self.store.tenant(tenant).await.map_err(|_| unknown())?;
+        let agent_id = store
+            .credential_agent(&warden_store::hash_secret(credential))
+            .await?
+            .ok_or_else(unknown)?;
+        let agent = store.agent_by_id(&agent_id).await?;
+        self.check_agent(&store, &agent).await?;
+        let ttl = ttl.unwrap_or(self.token_ttl);
+        if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
+            return Err(Error::Invalid(format!(
+                "token lifetime must be between 1 s and {} s",
+                MAX_TOKEN_TTL.as_secs()
+            )));
+        }
+        if let Some(t) = &tools
+            && t.is_empty()
+        {
+            return Err(Error::Invalid(
+                "a token narrowed to no tool could call nothing; leave the tool list out for all granted tools".into(),
+            ));
+        }
+        let token = keys::generate(KeyKind::AccessToken, Some(tenant))?;
+        let now = self.now();
+        let expires_at = now + i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2);
+        store
+            .add_token(
+                &warden_store::hash_secret(&token),
+                &TokenRecord {
+                    agent_id: agent.id.clone(),
+                    tools: tools.clone(),
+                    issued_at: now,
+                    expires_at,
+                    revoked_at: None,
+                },
+            )
+            .await?;
+        Ok(AccessToken {
+            token,
+            tenant: tenant.to_owned(),
+            agent: agent.name,
+            expires_at,
+            tools,
+        })
+    }
+
+    /// Authenticates an access token.
+    pub async fn authenticate_agent(&self, token: &str) -> Result<AgentSession> {
+        let Some((KeyKind::AccessToken, Some(tenant))) = keys::parse(token) else {
+            return Err(Error::Unauthenticated("malformed access token".into()));
+        };
+        self.session(tenant, &warden_store::hash_secret(token))
+            .await
+    }
+
+    async fn session(&self, tenant: &str, token_hash: &str) -> Result<AgentSession> {
+        let unknown = || Error::Unauthenticated("unknown access token".into());
+        let store = self.store.tenant(tenant).await.map_err(|_| unknown())?;
+        let record = store.token(token_hash).await?.ok_or_else(unknown)?;
+        if record.revoked_at.is_some() {
+            return Err(Error::Unauthenticated("access token revoked".into()));
+        }
+        if record.expires_at <= self.now() {
+            return Err(Error::Unauthenticated(
+                "access token expired; exchange the credential for a new one".into(),
+            ));
+        }
+        let agent = store.agent_by_id(&record.agent_id).await?;
+        self.check_agent(&store, &agent).await?;
+        Ok(AgentSession {
+            tenant: tenant.to_owned(),
+            agent_id: agent.id,
+            agent: agent.name,
+            tools: record.tools,
+            expires_at: record.expires_at,
+            token_hash: token_hash.to_owned(),
+        })
+    }
+
+    /// Refuses an agent that is not active, suspending it on the spot when its
+    /// renewal date has passed.
+    async fn check_agent(&self, store: &TenantStore, agent: &AgentRecord) -> Result<()> {
+        if agent.status != AgentStatus::Active {
+            return Err(Error::Forbidden(format!(
+                "agent `{}` is {}",
+                agent.name, agent.status
+            )));
+        }
+        let now = self.now();
+        if agent.renew_by <= now {
+            store
+                .set_agent_status(
+                    &agent.id,
+                    AgentStatus::Suspended,
+                    "renewal date passed",
+                    "system",
+                    now,
+                )
+                .await?;
+            return Err(Error::Forbidden(format!(
+                "agent `{}` passed its renewal date and is suspended",
+                agent.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// The actions the agent may call now: every action of every tool with a
+    /// live, unexpired grant (and within the token's tool scope).
+    pub async fn granted_actions(&self, session: &AgentSession) -> Result<Vec<GrantedAction>> {
+        let session = self.session(&session.tenant, &session.token_hash).await?;
+        let store = self.store.tenant(&session.tenant).await?;
+        let mut out = Vec::new();
+        for g in store.grants(Some(&session.agent_id), false).await? {
+            match self.resolve(&store, &session, &g.tool).await? {
+                Resolved::Refused(_) => continue,
+                Resolved::Run { grant, tool } => {
+                    let live = store.live_version(&g.tool).await?;
+                    let manifest = match &live {
+                        Some(v) => Some(parse_manifest(v)?),
+                        None => None,
+                    };
+                    for a in &tool.info().actions {
+                        if !grant.allows_action(&a.name) {
+                            continue;
+                        }
+                        let classification = manifest
+                            .as_ref()
+                            .and_then(|m| m.actions.iter().find(|m| m.name == a.name))
+                            .map_or(Classification::Restricted, |m| m.classification);
+                        out.push(GrantedAction {
+                            tool: g.tool.clone(),
+                            version: tool.info().version.clone(),
+                            action: a.name.clone(),
+                            description: a.description.clone(),
+                            effect: a.effect,
+                            classification,
+                            input_schema: a.input_schema.clone(),
+                            output_schema: a.output_schema.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs one action for an agent. Authentication problems are errors;
+    /// everything about the call itself (not granted, denied, limits, tool
+    /// errors) is an outcome in the report.
+    pub async fn invoke(
+        &self,
+        session: &AgentSession,
+        tool: &str,
+        action: &str,
+        input: &str,
+    ) -> Result<Report> {
+        let session = self.session(&session.tenant, &session.token_hash).await?;
+        let store = self.store.tenant(&session.tenant).await?;
+        let (grant, component) = match self.resolve(&store, &session, tool).await? {
+            Resolved::Refused(reason) => {
+                tracing::info!(tenant = %session.tenant, agent = %session.agent, tool, action, %reason, "call refused");
+                return Ok(refused(tool, action, reason));
+            }
+            Resolved::Run { grant, tool } => (grant, tool),
+        };
+        if !grant.allows_action(action) {
+            return Ok(refused(
+                tool,
+                action,
+                format!("action `{action}` of tool `{tool}` is not in the grant"),
+            ));
+        }
+        let backends = Backends {
+            kv: self.kv_of(&session.tenant),
+            secrets: Arc::new(TenantSecrets {
+                dir: self.data_dir.join("secrets").join(&session.tenant),
+            }),
+        };
+        let report = self
+            .runtime
+            .invoke(&component, grant, &backends, Call { action, input })
+            .await;
+        self.touch(&store, &session).await;
+        Ok(report)
+    }
+
+    /// Records activity, at most once a minute per agent. A failure here does
+    /// not fail the call that already ran; it is logged.
+    async fn touch(&self, store: &TenantStore, session: &AgentSession) {
+        let now = self.now();
+        let stale = match store.agent_by_id(&session.agent_id).await {
+            Ok(a) => a.last_active_at.is_none_or(|t| now - t >= TOUCH_EVERY_SECS),
+            Err(_) => true,
+        };
+        if stale && let Err(e) = store.touch_agent(&session.agent_id, now).await {
+            tracing::warn!(error = %e, agent = %session.agent, "cannot record agent activity");
+        }
+    }
+
+    /// Resolves the grant and component of a call, from the store, now.
+    async fn resolve(
+        &self,
+        store: &TenantStore,
+        session: &AgentSession,
+        tool: &str,
+    ) -> Result<Resolved> {
+        if let Some(scope) = &session.tools
+            && !scope.iter().any(|t| t == tool)
+        {
+            return Ok(Resolved::Refused(format!(
+                "this access token is narrowed to {} and does not cover tool `{tool}`",
+                scope.join(", ")
+            )));
+        }
+        let Some(stored) = store.live_grant(&session.agent_id, tool).await? else {
+            return Ok(Resolved::Refused(format!(
+                "agent `{}` has no grant on tool `{tool}`",
+                session.agent
+            )));
+        };
+        if stored.expires_at <= self.now() {
+            return Ok(Resolved::Refused(format!(
+                "the grant of agent `{}` on tool `{tool}` expired",
+                session.agent
+            )));
+        }
+        let grant: Grant = match serde_json::from_str(&stored.spec) {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::error!(grant = %stored.id, error = %e, "stored grant does not parse");
+                return Ok(Resolved::Refused(
+                    "the stored grant is unreadable; ask a deployer to grant again".into(),
+                ));
+            }
+        };
+        if let Err(e) = grant.validate() {
+            return Ok(Resolved::Refused(format!(
+                "the stored grant is invalid: {e}"
+            )));
+        }
+        let Some(live) = store.live_version(tool).await? else {
+            return Ok(Resolved::Refused(format!(
+                "tool `{tool}` has no deployed version"
+            )));
+        };
+        let manifest = parse_manifest(&live)?;
+        if let Err(e) = manifest.check_grant(&grant) {
+            return Ok(Resolved::Refused(format!(
+                "the grant no longer fits live version {} of `{tool}`: {e}",
+                live.version
+            )));
+        }
+        let component = self.component(store, &live.sha256).await?;
+        Ok(Resolved::Run {
+            grant: Arc::new(grant),
+            tool: component,
+        })
+    }
+
+    /// The loaded component with this hash: from memory, else from the store
+    /// (hash re-checked) through the runtime's compile cache.
+    async fn component(&self, store: &TenantStore, sha256: &str) -> Result<Arc<Tool>> {
+        if let Some(t) = self.lock_tools().get(sha256) {
+            return Ok(t.clone());
+        }
+        let bytes = store.blob(sha256).await?;
+        let tool = self
+            .runtime
+            .load(&bytes)
+            .await
+            .map_err(|e| Error::Internal(format!("loading stored component {sha256}: {e}")))?;
+        self.lock_tools().insert(sha256.to_owned(), tool.clone());
+        Ok(tool)
+    }
+
+    pub(crate) fn lock_tools(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Arc<Tool>>> {
+        self.tools
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}

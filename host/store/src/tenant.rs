@@ -1,0 +1,945 @@
+//! One tenant's database: principals, agents, credentials, tools, deployments,
+//! grants and the governance history.
+//!
+//! Every write that touches more than one row runs in one `BEGIN IMMEDIATE`
+//! transaction (the writer lock is taken up front, so two writers queue instead
+//! of failing on a lock upgrade) and appends its `events` entry in the same
+//! transaction.
+
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Row, Sqlite, SqlitePool, Transaction};
+
+use crate::records::{
+    AgentRecord, AgentStatus, DeploymentRecord, EventRecord, GrantRecord, PrincipalRecord,
+    TokenRecord, ToolVersionRecord,
+};
+use crate::{Error, Result};
+
+/// Handle on one tenant's database. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct TenantStore {
+    name: String,
+    pool: SqlitePool,
+}
+
+/// A principal to add.
+#[derive(Debug, Clone)]
+pub struct NewPrincipal<'a> {
+    pub name: &'a str,
+    pub roles: &'a [String],
+    pub key_hash: &'a str,
+    pub actor: &'a str,
+    pub now: i64,
+}
+
+/// An agent to draft.
+#[derive(Debug, Clone)]
+pub struct NewAgent<'a> {
+    pub name: &'a str,
+    pub owner_id: &'a str,
+    pub purpose: &'a str,
+    pub renew_by: i64,
+    pub actor: &'a str,
+    pub now: i64,
+}
+
+/// A tool version to publish.
+#[derive(Debug, Clone)]
+pub struct NewToolVersion<'a> {
+    pub tool: &'a str,
+    pub version: &'a str,
+    pub sha256: &'a str,
+    pub bytes: &'a [u8],
+    pub manifest_json: &'a str,
+    pub actor: &'a str,
+    pub now: i64,
+}
+
+/// A grant to store.
+#[derive(Debug, Clone)]
+pub struct NewGrant<'a> {
+    pub agent_id: &'a str,
+    pub tool: &'a str,
+    pub spec_json: &'a str,
+    pub expires_at: i64,
+    pub actor: &'a str,
+    pub now: i64,
+}
+
+fn new_id(prefix: &str) -> Result<String> {
+    let mut bytes = [0u8; 12];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| Error::Corrupt(format!("no randomness for an id: {e}")))?;
+    Ok(format!("{prefix}_{}", hex::encode(bytes)))
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+async fn event(
+    tx: &mut Transaction<'static, Sqlite>,
+    now: i64,
+    actor: &str,
+    action: &str,
+    subject: &str,
+    detail: serde_json::Value,
+) -> Result<()> {
+    sqlx::query("INSERT INTO events (at, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?)")
+        .bind(now)
+        .bind(actor)
+        .bind(action)
+        .bind(subject)
+        .bind(detail.to_string())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+fn principal(row: &SqliteRow) -> Result<PrincipalRecord> {
+    let roles: String = row.try_get("roles")?;
+    Ok(PrincipalRecord {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        roles: roles
+            .split(',')
+            .filter(|r| !r.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        created_by: row.try_get("created_by")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+/// `SELECT` of agents with their owner's name; callers append the rest.
+macro_rules! select_agents {
+    () => {
+        "SELECT a.id, a.name, a.owner_id, p.name AS owner, a.purpose, a.status, \
+         a.renew_by, a.last_active_at, a.created_by, a.created_at, a.status_changed_at \
+         FROM agents a JOIN principals p ON p.id = a.owner_id"
+    };
+}
+
+fn agent(row: &SqliteRow) -> Result<AgentRecord> {
+    let status: String = row.try_get("status")?;
+    Ok(AgentRecord {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        owner_id: row.try_get("owner_id")?,
+        owner: row.try_get("owner")?,
+        purpose: row.try_get("purpose")?,
+        status: AgentStatus::parse(&status),
+        renew_by: row.try_get("renew_by")?,
+        last_active_at: row.try_get("last_active_at")?,
+        created_by: row.try_get("created_by")?,
+        created_at: row.try_get("created_at")?,
+        status_changed_at: row.try_get("status_changed_at")?,
+    })
+}
+
+fn tool_version(row: &SqliteRow) -> Result<ToolVersionRecord> {
+    Ok(ToolVersionRecord {
+        tool: row.try_get("tool")?,
+        version: row.try_get("version")?,
+        sha256: row.try_get("sha256")?,
+        manifest: row.try_get("manifest")?,
+        published_by: row.try_get("published_by")?,
+        published_at: row.try_get("published_at")?,
+    })
+}
+
+fn deployment(row: &SqliteRow) -> Result<DeploymentRecord> {
+    Ok(DeploymentRecord {
+        seq: row.try_get("seq")?,
+        tool: row.try_get("tool")?,
+        version: row.try_get("version")?,
+        kind: row.try_get("kind")?,
+        deployed_by: row.try_get("deployed_by")?,
+        deployed_at: row.try_get("deployed_at")?,
+    })
+}
+
+/// `SELECT` of grants with their agent's name; callers append the rest.
+macro_rules! select_grants {
+    () => {
+        "SELECT g.id, g.agent_id, a.name AS agent, g.tool, g.spec, g.expires_at, \
+         g.created_by, g.created_at, g.revoked_at, g.revoked_by \
+         FROM grants g JOIN agents a ON a.id = g.agent_id"
+    };
+}
+
+fn grant(row: &SqliteRow) -> Result<GrantRecord> {
+    Ok(GrantRecord {
+        id: row.try_get("id")?,
+        agent_id: row.try_get("agent_id")?,
+        agent: row.try_get("agent")?,
+        tool: row.try_get("tool")?,
+        spec: row.try_get("spec")?,
+        expires_at: row.try_get("expires_at")?,
+        created_by: row.try_get("created_by")?,
+        created_at: row.try_get("created_at")?,
+        revoked_at: row.try_get("revoked_at")?,
+        revoked_by: row.try_get("revoked_by")?,
+    })
+}
+
+impl TenantStore {
+    pub(crate) fn new(name: String, pool: SqlitePool) -> TenantStore {
+        TenantStore { name, pool }
+    }
+
+    /// The tenant's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn write(&self) -> Result<Transaction<'static, Sqlite>> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    /// Appends one history entry on its own.
+    pub async fn record_event(
+        &self,
+        now: i64,
+        actor: &str,
+        action: &str,
+        subject: &str,
+        detail: serde_json::Value,
+    ) -> Result<()> {
+        let mut tx = self.write().await?;
+        event(&mut tx, now, actor, action, subject, detail).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The governance history, oldest first.
+    pub async fn events(&self) -> Result<Vec<EventRecord>> {
+        let rows =
+            sqlx::query("SELECT seq, at, actor, action, subject, detail FROM events ORDER BY seq")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| {
+                let detail: String = r.try_get("detail")?;
+                Ok(EventRecord {
+                    seq: r.try_get("seq")?,
+                    at: r.try_get("at")?,
+                    actor: r.try_get("actor")?,
+                    action: r.try_get("action")?,
+                    subject: r.try_get("subject")?,
+                    detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
+                })
+            })
+            .collect()
+    }
+
+    // ---- settings ----------------------------------------------------------
+
+    /// One tenant setting's value, if set.
+    pub async fn setting(&self, key: &str) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT value FROM settings WHERE key = ?")
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Every setting as (key, value, changed_by, changed_at).
+    pub async fn settings(&self) -> Result<Vec<(String, String, String, i64)>> {
+        let rows =
+            sqlx::query("SELECT key, value, changed_by, changed_at FROM settings ORDER BY key")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("key")?,
+                    r.try_get("value")?,
+                    r.try_get("changed_by")?,
+                    r.try_get("changed_at")?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Sets a tenant setting and records who changed it.
+    pub async fn set_setting(&self, key: &str, value: &str, actor: &str, now: i64) -> Result<()> {
+        let mut tx = self.write().await?;
+        let old: Option<String> = sqlx::query_scalar("SELECT value FROM settings WHERE key = ?")
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO settings (key, value, changed_by, changed_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value, \
+             changed_by = excluded.changed_by, changed_at = excluded.changed_at",
+        )
+        .bind(key)
+        .bind(value)
+        .bind(actor)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        event(
+            &mut tx,
+            now,
+            actor,
+            "setting.set",
+            key,
+            serde_json::json!({ "from": old, "to": value }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    // ---- principals ----------------------------------------------------------
+
+    /// Adds a principal together with its first API key (by hash).
+    pub async fn add_principal(&self, p: NewPrincipal<'_>) -> Result<PrincipalRecord> {
+        let id = new_id("p")?;
+        let mut tx = self.write().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO principals (id, name, roles, created_by, created_at) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(&id)
+        .bind(p.name)
+        .bind(p.roles.join(","))
+        .bind(p.actor)
+        .bind(p.now)
+        .execute(&mut *tx)
+        .await;
+        match inserted {
+            Err(e) if is_unique_violation(&e) => {
+                return Err(Error::Conflict(format!(
+                    "principal `{}` already exists",
+                    p.name
+                )));
+            }
+            r => r?,
+        };
+        sqlx::query("INSERT INTO api_keys (key_hash, principal_id, created_at) VALUES (?, ?, ?)")
+            .bind(p.key_hash)
+            .bind(&id)
+            .bind(p.now)
+            .execute(&mut *tx)
+            .await?;
+        event(
+            &mut tx,
+            p.now,
+            p.actor,
+            "principal.add",
+            p.name,
+            serde_json::json!({ "roles": p.roles }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(PrincipalRecord {
+            id,
+            name: p.name.to_owned(),
+            roles: p.roles.to_vec(),
+            created_by: p.actor.to_owned(),
+            created_at: p.now,
+        })
+    }
+
+    /// The principal holding a live API key with this hash.
+    pub async fn principal_by_key(&self, key_hash: &str) -> Result<Option<PrincipalRecord>> {
+        let row = sqlx::query(
+            "SELECT p.* FROM api_keys k JOIN principals p ON p.id = k.principal_id \
+             WHERE k.key_hash = ? AND k.revoked_at IS NULL",
+        )
+        .bind(key_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(principal).transpose()
+    }
+
+    /// A principal by name.
+    pub async fn principal_by_name(&self, name: &str) -> Result<PrincipalRecord> {
+        let row = sqlx::query("SELECT * FROM principals WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref()
+            .map(principal)
+            .transpose()?
+            .ok_or_else(|| Error::NotFound(format!("principal `{name}`")))
+    }
+
+    /// Every principal.
+    pub async fn principals(&self) -> Result<Vec<PrincipalRecord>> {
+        let rows = sqlx::query("SELECT * FROM principals ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(principal).collect()
+    }
+
+    // ---- agents ---------------------------------------------------------------
+
+    /// Drafts an agent.
+    pub async fn create_agent(&self, a: NewAgent<'_>) -> Result<AgentRecord> {
+        let id = new_id("a")?;
+        let mut tx = self.write().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO agents (id, name, owner_id, purpose, status, renew_by, created_by, \
+             created_at, status_changed_at) VALUES (?, ?, ?, ?, 'draft', ?, ?, ?, ?)",
+        )
+        .bind(&id)
+        .bind(a.name)
+        .bind(a.owner_id)
+        .bind(a.purpose)
+        .bind(a.renew_by)
+        .bind(a.actor)
+        .bind(a.now)
+        .bind(a.now)
+        .execute(&mut *tx)
+        .await;
+        match inserted {
+            Err(e) if is_unique_violation(&e) => {
+                return Err(Error::Conflict(format!(
+                    "agent `{}` already exists",
+                    a.name
+                )));
+            }
+            r => r?,
+        };
+        event(
+            &mut tx,
+            a.now,
+            a.actor,
+            "agent.create",
+            a.name,
+            serde_json::json!({ "owner_id": a.owner_id, "purpose": a.purpose, "renew_by": a.renew_by }),
+        )
+        .await?;
+        tx.commit().await?;
+        self.agent_by_id(&id).await
+    }
+
+    /// An agent by name.
+    pub async fn agent_by_name(&self, name: &str) -> Result<AgentRecord> {
+        let row = sqlx::query(concat!(select_agents!(), " WHERE a.name = ?"))
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref()
+            .map(agent)
+            .transpose()?
+            .ok_or_else(|| Error::NotFound(format!("agent `{name}`")))
+    }
+
+    /// An agent by id.
+    pub async fn agent_by_id(&self, id: &str) -> Result<AgentRecord> {
+        let row = sqlx::query(concat!(select_agents!(), " WHERE a.id = ?"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref()
+            .map(agent)
+            .transpose()?
+            .ok_or_else(|| Error::NotFound(format!("agent `{id}`")))
+    }
+
+    /// Every agent.
+    pub async fn agents(&self) -> Result<Vec<AgentRecord>> {
+        let rows = sqlx::query(concat!(select_agents!(), " ORDER BY a.name"))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(agent).collect()
+    }
+
+    /// Moves an agent to `status`. Decommissioning also revokes every credential,
+    /// token and grant of the agent in the same transaction; its rows stay as
+    /// history.
+    pub async fn set_agent_status(
+        &self,
+        agent_id: &str,
+        status: AgentStatus,
+        reason: &str,
+        actor: &str,
+        now: i64,
+    ) -> Result<()> {
+        let mut tx = self.write().await?;
+        let name: Option<String> = sqlx::query_scalar("SELECT name FROM agents WHERE id = ?")
+            .bind(agent_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(name) = name else {
+            return Err(Error::NotFound(format!("agent `{agent_id}`")));
+        };
+        sqlx::query("UPDATE agents SET status = ?, status_changed_at = ? WHERE id = ?")
+            .bind(status.as_str())
+            .bind(now)
+            .bind(agent_id)
+            .execute(&mut *tx)
+            .await?;
+        if status == AgentStatus::Decommissioned {
+            for table in ["agent_credentials", "access_tokens"] {
+                // `table` is one of two literals above, never input.
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "UPDATE {table} SET revoked_at = ? WHERE agent_id = ? AND revoked_at IS NULL"
+                )))
+                .bind(now)
+                .bind(agent_id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            sqlx::query(
+                "UPDATE grants SET revoked_at = ?, revoked_by = ? WHERE agent_id = ? AND revoked_at IS NULL",
+            )
+            .bind(now)
+            .bind(actor)
+            .bind(agent_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        event(
+            &mut tx,
+            now,
+            actor,
+            &format!("agent.{}", status.as_str()),
+            &name,
+            serde_json::json!({ "reason": reason }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Sets a new renewal date.
+    pub async fn renew_agent(
+        &self,
+        agent_id: &str,
+        renew_by: i64,
+        actor: &str,
+        now: i64,
+    ) -> Result<()> {
+        let mut tx = self.write().await?;
+        let name: Option<String> = sqlx::query_scalar("SELECT name FROM agents WHERE id = ?")
+            .bind(agent_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(name) = name else {
+            return Err(Error::NotFound(format!("agent `{agent_id}`")));
+        };
+        sqlx::query("UPDATE agents SET renew_by = ? WHERE id = ?")
+            .bind(renew_by)
+            .bind(agent_id)
+            .execute(&mut *tx)
+            .await?;
+        event(
+            &mut tx,
+            now,
+            actor,
+            "agent.renew",
+            &name,
+            serde_json::json!({ "renew_by": renew_by }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records that the agent was active now.
+    pub async fn touch_agent(&self, agent_id: &str, now: i64) -> Result<()> {
+        sqlx::query("UPDATE agents SET last_active_at = ? WHERE id = ?")
+            .bind(now)
+            .bind(agent_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    // ---- credentials and tokens ------------------------------------------------
+
+    /// Stores a new long-lived agent credential (by hash).
+    pub async fn add_credential(
+        &self,
+        agent_id: &str,
+        key_hash: &str,
+        actor: &str,
+        now: i64,
+    ) -> Result<()> {
+        let mut tx = self.write().await?;
+        let name: Option<String> = sqlx::query_scalar("SELECT name FROM agents WHERE id = ?")
+            .bind(agent_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(name) = name else {
+            return Err(Error::NotFound(format!("agent `{agent_id}`")));
+        };
+        sqlx::query(
+            "INSERT INTO agent_credentials (key_hash, agent_id, created_by, created_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(key_hash)
+        .bind(agent_id)
+        .bind(actor)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        event(
+            &mut tx,
+            now,
+            actor,
+            "credential.issue",
+            &name,
+            serde_json::json!({}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The agent owning a live credential with this hash.
+    pub async fn credential_agent(&self, key_hash: &str) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT agent_id FROM agent_credentials WHERE key_hash = ? AND revoked_at IS NULL",
+        )
+        .bind(key_hash)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Stores a new access token (by hash).
+    pub async fn add_token(&self, key_hash: &str, token: &TokenRecord) -> Result<()> {
+        let tools = token
+            .tools
+            .as_ref()
+            .map(|t| serde_json::to_string(t).unwrap_or_default());
+        sqlx::query(
+            "INSERT INTO access_tokens (key_hash, agent_id, tools, issued_at, expires_at) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(key_hash)
+        .bind(&token.agent_id)
+        .bind(tools)
+        .bind(token.issued_at)
+        .bind(token.expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The access token with this hash, revoked or not.
+    pub async fn token(&self, key_hash: &str) -> Result<Option<TokenRecord>> {
+        let row = sqlx::query(
+            "SELECT agent_id, tools, issued_at, expires_at, revoked_at FROM access_tokens WHERE key_hash = ?",
+        )
+        .bind(key_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let tools: Option<String> = row.try_get("tools")?;
+        let tools = match tools {
+            None => None,
+            Some(t) => Some(
+                serde_json::from_str(&t)
+                    .map_err(|e| Error::Corrupt(format!("token tool list: {e}")))?,
+            ),
+        };
+        Ok(Some(TokenRecord {
+            agent_id: row.try_get("agent_id")?,
+            tools,
+            issued_at: row.try_get("issued_at")?,
+            expires_at: row.try_get("expires_at")?,
+            revoked_at: row.try_get("revoked_at")?,
+        }))
+    }
+
+    // ---- tools -------------------------------------------------------------------
+
+    /// Publishes a tool version: its bytes (content-addressed, stored once) and
+    /// its manifest. A version that already exists is a conflict and writes
+    /// nothing.
+    pub async fn publish(&self, v: NewToolVersion<'_>) -> Result<ToolVersionRecord> {
+        let mut tx = self.write().await?;
+        sqlx::query(
+            "INSERT INTO blobs (sha256, bytes) VALUES (?, ?) ON CONFLICT (sha256) DO NOTHING",
+        )
+        .bind(v.sha256)
+        .bind(v.bytes)
+        .execute(&mut *tx)
+        .await?;
+        let inserted = sqlx::query(
+            "INSERT INTO tool_versions (tool, version, sha256, manifest, published_by, published_at) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(v.tool)
+        .bind(v.version)
+        .bind(v.sha256)
+        .bind(v.manifest_json)
+        .bind(v.actor)
+        .bind(v.now)
+        .execute(&mut *tx)
+        .await;
+        match inserted {
+            Err(e) if is_unique_violation(&e) => {
+                return Err(Error::Conflict(format!(
+                    "tool `{}` version {} is already published; publish a new version instead",
+                    v.tool, v.version
+                )));
+            }
+            r => r?,
+        };
+        event(
+            &mut tx,
+            v.now,
+            v.actor,
+            "tool.publish",
+            &format!("{}@{}", v.tool, v.version),
+            serde_json::json!({ "sha256": v.sha256, "bytes": v.bytes.len() }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(ToolVersionRecord {
+            tool: v.tool.to_owned(),
+            version: v.version.to_owned(),
+            sha256: v.sha256.to_owned(),
+            manifest: v.manifest_json.to_owned(),
+            published_by: v.actor.to_owned(),
+            published_at: v.now,
+        })
+    }
+
+    /// One published version.
+    pub async fn tool_version(&self, tool: &str, version: &str) -> Result<ToolVersionRecord> {
+        let row = sqlx::query("SELECT * FROM tool_versions WHERE tool = ? AND version = ?")
+            .bind(tool)
+            .bind(version)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref()
+            .map(tool_version)
+            .transpose()?
+            .ok_or_else(|| Error::NotFound(format!("tool `{tool}` version {version}")))
+    }
+
+    /// Every published version, by tool then publication order.
+    pub async fn tool_versions(&self) -> Result<Vec<ToolVersionRecord>> {
+        let rows = sqlx::query("SELECT * FROM tool_versions ORDER BY tool, published_at, version")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(tool_version).collect()
+    }
+
+    /// The component bytes stored under `sha256`, checked against their hash.
+    pub async fn blob(&self, sha256: &str) -> Result<Vec<u8>> {
+        use sha2::{Digest, Sha256};
+        let bytes: Option<Vec<u8>> = sqlx::query_scalar("SELECT bytes FROM blobs WHERE sha256 = ?")
+            .bind(sha256)
+            .fetch_optional(&self.pool)
+            .await?;
+        let bytes = bytes.ok_or_else(|| Error::NotFound(format!("component {sha256}")))?;
+        let actual = hex::encode(Sha256::digest(&bytes));
+        if actual != sha256 {
+            return Err(Error::Corrupt(format!(
+                "component {sha256} hashes to {actual}"
+            )));
+        }
+        Ok(bytes)
+    }
+
+    /// Makes `version` of `tool` live. `kind` is `deploy` or `rollback`.
+    pub async fn deploy(
+        &self,
+        tool: &str,
+        version: &str,
+        kind: &str,
+        actor: &str,
+        now: i64,
+    ) -> Result<DeploymentRecord> {
+        let mut tx = self.write().await?;
+        let seq: i64 = sqlx::query_scalar(
+            "INSERT INTO deployments (tool, version, kind, deployed_by, deployed_at) \
+             VALUES (?, ?, ?, ?, ?) RETURNING seq",
+        )
+        .bind(tool)
+        .bind(version)
+        .bind(kind)
+        .bind(actor)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        event(
+            &mut tx,
+            now,
+            actor,
+            &format!("tool.{kind}"),
+            &format!("{tool}@{version}"),
+            serde_json::json!({ "seq": seq }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(DeploymentRecord {
+            seq,
+            tool: tool.to_owned(),
+            version: version.to_owned(),
+            kind: kind.to_owned(),
+            deployed_by: actor.to_owned(),
+            deployed_at: now,
+        })
+    }
+
+    /// Deployments of a tool, newest first.
+    pub async fn deployments(&self, tool: &str) -> Result<Vec<DeploymentRecord>> {
+        let rows = sqlx::query("SELECT * FROM deployments WHERE tool = ? ORDER BY seq DESC")
+            .bind(tool)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(deployment).collect()
+    }
+
+    /// The live version of a tool: its latest deployment.
+    pub async fn live_version(&self, tool: &str) -> Result<Option<ToolVersionRecord>> {
+        let row = sqlx::query(
+            "SELECT v.* FROM deployments d JOIN tool_versions v \
+             ON v.tool = d.tool AND v.version = d.version \
+             WHERE d.tool = ? ORDER BY d.seq DESC LIMIT 1",
+        )
+        .bind(tool)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(tool_version).transpose()
+    }
+
+    // ---- grants ------------------------------------------------------------------
+
+    /// Stores a grant, replacing (revoking) the agent's live grant on the same
+    /// tool in the same transaction.
+    pub async fn add_grant(&self, g: NewGrant<'_>) -> Result<GrantRecord> {
+        let id = new_id("g")?;
+        let mut tx = self.write().await?;
+        let agent: Option<String> = sqlx::query_scalar("SELECT name FROM agents WHERE id = ?")
+            .bind(g.agent_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(agent) = agent else {
+            return Err(Error::NotFound(format!("agent `{}`", g.agent_id)));
+        };
+        let replaced = sqlx::query(
+            "UPDATE grants SET revoked_at = ?, revoked_by = ? \
+             WHERE agent_id = ? AND tool = ? AND revoked_at IS NULL",
+        )
+        .bind(g.now)
+        .bind(g.actor)
+        .bind(g.agent_id)
+        .bind(g.tool)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        sqlx::query(
+            "INSERT INTO grants (id, agent_id, tool, spec, expires_at, created_by, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&id)
+        .bind(g.agent_id)
+        .bind(g.tool)
+        .bind(g.spec_json)
+        .bind(g.expires_at)
+        .bind(g.actor)
+        .bind(g.now)
+        .execute(&mut *tx)
+        .await?;
+        event(
+            &mut tx,
+            g.now,
+            g.actor,
+            "grant.add",
+            &format!("{agent}/{}", g.tool),
+            serde_json::json!({ "id": id, "replaced": replaced, "expires_at": g.expires_at }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(GrantRecord {
+            id,
+            agent_id: g.agent_id.to_owned(),
+            agent,
+            tool: g.tool.to_owned(),
+            spec: g.spec_json.to_owned(),
+            expires_at: g.expires_at,
+            created_by: g.actor.to_owned(),
+            created_at: g.now,
+            revoked_at: None,
+            revoked_by: None,
+        })
+    }
+
+    /// Revokes the live grant of an agent on a tool. Returns whether one existed.
+    pub async fn revoke_grant(
+        &self,
+        agent_id: &str,
+        tool: &str,
+        actor: &str,
+        now: i64,
+    ) -> Result<bool> {
+        let mut tx = self.write().await?;
+        let agent: Option<String> = sqlx::query_scalar("SELECT name FROM agents WHERE id = ?")
+            .bind(agent_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(agent) = agent else {
+            return Err(Error::NotFound(format!("agent `{agent_id}`")));
+        };
+        let n = sqlx::query(
+            "UPDATE grants SET revoked_at = ?, revoked_by = ? \
+             WHERE agent_id = ? AND tool = ? AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(actor)
+        .bind(agent_id)
+        .bind(tool)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n == 0 {
+            return Ok(false);
+        }
+        event(
+            &mut tx,
+            now,
+            actor,
+            "grant.revoke",
+            &format!("{agent}/{tool}"),
+            serde_json::json!({}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// The live (not revoked) grant of an agent on a tool, expired or not.
+    pub async fn live_grant(&self, agent_id: &str, tool: &str) -> Result<Option<GrantRecord>> {
+        let row = sqlx::query(concat!(
+            select_grants!(),
+            " WHERE g.agent_id = ? AND g.tool = ? AND g.revoked_at IS NULL"
+        ))
+        .bind(agent_id)
+        .bind(tool)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(grant).transpose()
+    }
+
+    /// Grants, optionally of one agent; with `include_revoked` the history too.
+    pub async fn grants(
+        &self,
+        agent_id: Option<&str>,
+        include_revoked: bool,
+    ) -> Result<Vec<GrantRecord>> {
+        let rows = sqlx::query(concat!(
+            select_grants!(),
+            " WHERE (?1 IS NULL OR g.agent_id = ?1) \
+                 AND (?2 OR g.revoked_at IS NULL) ORDER BY a.name, g.tool, g.created_at"
+        ))
+        .bind(agent_id)
+        .bind(include_revoked)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(grant).collect()
+    }
+}

@@ -1,0 +1,879 @@
+//! Operator and agent commands over a data directory: `serve`, `tenant`,
+//! `principal`, `tool`, `agent`, `grant`, `credential`, `token`, `actions`,
+//! `call`, `inventory` and `history`.
+//!
+//! Each command opens the data directory, authenticates the key it was given
+//! and calls one `warden-service` operation, which checks the caller's role.
+//! Output is a readable table, or JSON with `--json`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use warden_policy::{Grant, Limits};
+use warden_service::{Caller, Config, Error};
+
+/// Options every data-directory command shares.
+#[derive(Debug, Clone, Args)]
+pub struct Common {
+    /// Data directory (databases, per-tenant secrets). Default:
+    /// `$XDG_DATA_HOME/warden`, else `~/.local/share/warden`.
+    #[arg(long, env = "WARDEN_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// Operator key: the admin key or a principal's API key.
+    #[arg(long, env = "WARDEN_KEY", global = true, hide_env_values = true)]
+    pub key: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantCmd {
+    /// Create a tenant (admin key).
+    Create { name: String },
+    /// List tenants (admin key).
+    List,
+    /// Show the tenant's settings and who changed them.
+    Settings,
+    /// Change a tenant setting (deployer); the change is recorded.
+    Set { setting: String, value: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PrincipalCmd {
+    /// Add a principal and print its API key once (deployer; the admin key
+    /// adds a tenant's first deployer).
+    Add {
+        name: String,
+        /// A role: viewer, builder, approver or deployer. Repeat for several.
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+        /// The tenant (needed with the admin key).
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// List the tenant's principals.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ToolCmd {
+    /// Publish a tool version (builder).
+    Publish {
+        /// The component (`.wasm`).
+        component: PathBuf,
+        /// Its `tool.toml`.
+        #[arg(long)]
+        manifest: PathBuf,
+    },
+    /// Make a published version live (deployer, not its publisher).
+    Deploy { tool: String, version: String },
+    /// Make an earlier version live again (deployer).
+    Rollback {
+        tool: String,
+        /// The version; default: the one live before the current one.
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// List tools, versions and which is live.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCmd {
+    /// Draft an agent (builder).
+    Create {
+        name: String,
+        #[arg(long)]
+        purpose: String,
+        /// Owning principal; default: you.
+        #[arg(long)]
+        owner: Option<String>,
+        /// Days until the agent must be renewed (default 90).
+        #[arg(long)]
+        renew_days: Option<u32>,
+    },
+    /// Activate a draft or suspended agent (deployer).
+    Activate { name: String },
+    /// Suspend an agent (deployer).
+    Suspend {
+        name: String,
+        #[arg(long, default_value = "suspended by an operator")]
+        reason: String,
+    },
+    /// Move the renewal date to N days from now (deployer).
+    Renew {
+        name: String,
+        #[arg(long, default_value_t = 90)]
+        days: u32,
+    },
+    /// Decommission an agent: revoke its credentials, tokens and grants (deployer).
+    Decommission {
+        name: String,
+        #[arg(long, default_value = "decommissioned by an operator")]
+        reason: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GrantCmd {
+    /// Grant an agent a tool (deployer). Replaces its previous grant on the tool.
+    Add {
+        #[arg(long)]
+        agent: String,
+        #[arg(long)]
+        tool: String,
+        /// Grant file (TOML: actions, limits, fs, http, kv, secrets, log, rate).
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Granted actions, comma separated (instead of `actions` in the file).
+        #[arg(long, value_delimiter = ',')]
+        actions: Option<Vec<String>>,
+        /// Days until the grant expires (default 90).
+        #[arg(long)]
+        expires_in_days: Option<u32>,
+    },
+    /// Revoke an agent's grant on a tool (deployer).
+    Revoke {
+        #[arg(long)]
+        agent: String,
+        #[arg(long)]
+        tool: String,
+    },
+    /// List grants.
+    List {
+        #[arg(long)]
+        agent: Option<String>,
+        /// Include revoked grants.
+        #[arg(long)]
+        history: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CredentialCmd {
+    /// Issue an agent credential and print it once (deployer).
+    Issue {
+        #[arg(long)]
+        agent: String,
+    },
+}
+
+/// Exit codes of the data-directory commands (README, "Exit codes").
+mod exit {
+    pub const FAILED: u8 = 1;
+    pub const INVALID: u8 = 2;
+    pub const REFUSED: u8 = 3;
+}
+
+/// The default data directory.
+pub fn default_data_dir() -> anyhow::Result<PathBuf> {
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(d).join("warden"));
+    }
+    match std::env::var_os("HOME") {
+        Some(h) => Ok(PathBuf::from(h).join(".local/share/warden")),
+        None => bail!("no data directory: set --data-dir or WARDEN_DATA_DIR"),
+    }
+}
+
+async fn open(common: &Common) -> anyhow::Result<warden_service::Opened> {
+    let dir = match &common.data_dir {
+        Some(d) => d.clone(),
+        None => default_data_dir()?,
+    };
+    let mut config = Config::new(dir.clone());
+    config.cache_dir = crate::cache_dir();
+    warden_service::Warden::open(config)
+        .await
+        .with_context(|| format!("opening data directory `{}`", dir.display()))
+}
+
+/// Prints an error from the service and returns its exit code.
+fn fail(e: &Error) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::from(match e {
+        Error::Unauthenticated(_) | Error::Forbidden(_) => exit::REFUSED,
+        Error::Invalid(_) | Error::NotFound(_) | Error::Conflict(_) => exit::INVALID,
+        Error::Internal(_) => exit::FAILED,
+    })
+}
+
+fn announce_bootstrap(key: &str, dir: &Path) {
+    eprintln!(
+        "\nWarden created a new data directory at {}.\n\
+         This is the one-time ADMIN KEY. It is shown only now and stored only as a hash:\n\n    {key}\n\n\
+         It creates tenants and each tenant's first deployer, e.g.\n\
+         \x20   export WARDEN_KEY={key}\n\
+         \x20   warden tenant create acme\n\
+         \x20   warden principal add alice --role deployer --tenant acme\n",
+        dir.display()
+    );
+}
+
+/// Runs one data-directory command with an authenticated caller.
+macro_rules! with_caller {
+    ($common:expr, |$w:ident, $caller:ident| $body:expr) => {{
+        let opened = open($common).await?;
+        if let Some(k) = &opened.bootstrap_key {
+            announce_bootstrap(k, opened.warden.data_dir());
+        }
+        let $w = &opened.warden;
+        let key = match &$common.key {
+            Some(k) => k.clone(),
+            None => bail!("this command needs an operator key: pass --key or set WARDEN_KEY"),
+        };
+        let result = match $w.authenticate(&key).await {
+            Ok($caller) => {
+                let $caller = &$caller;
+                $body
+            }
+            Err(e) => Err(e),
+        };
+        $w.close().await;
+        match result {
+            Ok(code) => Ok(code),
+            Err(e) => Ok(fail(&e)),
+        }
+    }};
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> Result<ExitCode, Error> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value).map_err(|e| Error::Internal(e.to_string()))?;
+    let _ = writeln!(out);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn say(json: bool, value: serde_json::Value, text: &str) -> Result<ExitCode, Error> {
+    if json {
+        print_json(&value)
+    } else {
+        println!("{text}");
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// A plain text table: header, then rows, columns padded to fit.
+fn table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let s: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", s.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    for r in rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+    if rows.is_empty() {
+        println!("(none)");
+    }
+}
+
+/// `YYYY-MM-DD HH:MM` in UTC from Unix seconds.
+pub fn date(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60
+    )
+}
+
+pub async fn serve(common: &Common) -> anyhow::Result<ExitCode> {
+    let opened = open(common).await?;
+    let w = opened.warden;
+    match &opened.bootstrap_key {
+        Some(k) => announce_bootstrap(k, w.data_dir()),
+        None => eprintln!(
+            "warden: data directory {} (admin key was shown on first start)",
+            w.data_dir().display()
+        ),
+    }
+    eprintln!("warden: serving; renewal sweep every minute. Ctrl-C stops.");
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => match w.sweep().await {
+                Ok(s) => for (tenant, agent) in s {
+                    tracing::warn!(%tenant, %agent, "agent suspended: renewal date passed");
+                },
+                Err(e) => tracing::error!(error = %e, "renewal sweep failed"),
+            },
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    w.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn tenant(common: &Common, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
+    let json = common.json;
+    with_caller!(common, |w, caller| match &cmd {
+        TenantCmd::Create { name } => match w.create_tenant(caller, name).await {
+            Ok(()) => say(
+                json,
+                serde_json::json!({ "tenant": name }),
+                &format!(
+                    "created tenant `{name}`; next: warden principal add <name> --role deployer --tenant {name}"
+                ),
+            ),
+            Err(e) => Err(e),
+        },
+        TenantCmd::List => match w.tenants(caller).await {
+            Ok(t) if json => print_json(&t),
+            Ok(t) => {
+                table(
+                    &["TENANT"],
+                    &t.into_iter().map(|n| vec![n]).collect::<Vec<_>>(),
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => Err(e),
+        },
+        TenantCmd::Settings => match w.settings(caller).await {
+            Ok(s) if json => print_json(&s),
+            Ok(s) => {
+                println!("allow_self_deploy     {}", s.allow_self_deploy);
+                println!("allow_owner_approval  {}", s.allow_owner_approval);
+                println!("idle_days             {}", s.idle_days);
+                if !s.changes.is_empty() {
+                    println!();
+                    table(
+                        &["SETTING", "VALUE", "CHANGED BY", "AT"],
+                        &s.changes
+                            .iter()
+                            .map(|(k, v, by, at)| vec![k.clone(), v.clone(), by.clone(), date(*at)])
+                            .collect::<Vec<_>>(),
+                    );
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => Err(e),
+        },
+        TenantCmd::Set { setting, value } => match w.set_setting(caller, setting, value).await {
+            Ok(()) => say(
+                json,
+                serde_json::json!({ "setting": setting, "value": value }),
+                &format!("set `{setting}` to `{value}` (recorded)"),
+            ),
+            Err(e) => Err(e),
+        },
+    })
+}
+
+pub async fn principal(common: &Common, cmd: PrincipalCmd) -> anyhow::Result<ExitCode> {
+    let json = common.json;
+    with_caller!(common, |w, caller| match &cmd {
+        PrincipalCmd::Add {
+            name,
+            roles,
+            tenant,
+        } => {
+            let tenant = match (tenant, caller) {
+                (Some(t), _) => Ok(t.clone()),
+                (None, Caller::Principal(p)) => Ok(p.tenant.clone()),
+                (None, Caller::Admin) => Err(Error::Invalid(
+                    "with the admin key, name the tenant with --tenant".into(),
+                )),
+            };
+            let roles: Vec<String> = roles
+                .iter()
+                .flat_map(|r| r.split(','))
+                .map(|r| r.trim().to_owned())
+                .collect();
+            match tenant {
+                Ok(t) => match w.add_principal(caller, &t, name, &roles).await {
+                    Ok((p, key)) => say(
+                        json,
+                        serde_json::json!({ "principal": p, "api_key": key }),
+                        &format!(
+                            "added principal `{}` ({}) to tenant `{t}`.\nAPI key (shown once, stored only as a hash):\n\n    {key}\n",
+                            p.name,
+                            p.roles.join(", ")
+                        ),
+                    ),
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            }
+        }
+        PrincipalCmd::List => match w.inventory(caller).await {
+            Ok(inv) if json => print_json(&inv.principals),
+            Ok(inv) => {
+                table(
+                    &["PRINCIPAL", "ROLES", "ADDED BY", "ADDED"],
+                    &inv.principals
+                        .iter()
+                        .map(|p| {
+                            vec![
+                                p.name.clone(),
+                                p.roles.join(","),
+                                p.created_by.clone(),
+                                date(p.created_at),
+                            ]
+                        })
+                        .collect::<Vec<_>>(),
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => Err(e),
+        },
+    })
+}
+
+fn read(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("reading {what} `{}`", path.display()))
+}
+
+pub async fn tool(common: &Common, cmd: ToolCmd) -> anyhow::Result<ExitCode> {
+    let json = common.json;
+    let files = match &cmd {
+        ToolCmd::Publish {
+            component,
+            manifest,
+        } => {
+            let bytes = read(component, "component")?;
+            let text = String::from_utf8(read(manifest, "manifest")?)
+                .with_context(|| format!("manifest `{}` is not UTF-8", manifest.display()))?;
+            Some((bytes, text))
+        }
+        _ => None,
+    };
+    with_caller!(common, |w, caller| match (&cmd, &files) {
+        (ToolCmd::Publish { .. }, Some((bytes, manifest))) => {
+            match w.publish_tool(caller, bytes, manifest).await {
+                Ok(v) => say(
+                    json,
+                    serde_json::to_value(&v).unwrap_or_default(),
+                    &format!(
+                        "published `{}` {} (sha256 {}); a deployer other than you deploys it with: warden tool deploy {} {}",
+                        v.tool, v.version, v.sha256, v.tool, v.version
+                    ),
+                ),
+                Err(e) => Err(e),
+            }
+        }
+        (ToolCmd::Deploy { tool, version }, _) =>
+            match w.deploy_tool(caller, tool, version).await {
+                Ok(d) => say(
+                    json,
+                    serde_json::to_value(&d).unwrap_or_default(),
+                    &format!("`{}` {} is live", d.tool, d.version),
+                ),
+                Err(e) => Err(e),
+            },
+        (ToolCmd::Rollback { tool, to }, _) => {
+            match w.rollback_tool(caller, tool, to.as_deref()).await {
+                Ok(d) => say(
+                    json,
+                    serde_json::to_value(&d).unwrap_or_default(),
+                    &format!("rolled `{}` back; {} is live", d.tool, d.version),
+                ),
+                Err(e) => Err(e),
+            }
+        }
+        (ToolCmd::List, _) | (ToolCmd::Publish { .. }, None) => match w.inventory(caller).await {
+            Ok(inv) if json => print_json(&inv.tools),
+            Ok(inv) => {
+                let mut rows = Vec::new();
+                for t in &inv.tools {
+                    for v in &t.versions {
+                        rows.push(vec![
+                            t.tool.clone(),
+                            v.version.clone(),
+                            if t.live.as_deref() == Some(v.version.as_str()) {
+                                "live".into()
+                            } else {
+                                String::new()
+                            },
+                            v.published_by.clone(),
+                            date(v.published_at),
+                            v.sha256[..16].to_owned(),
+                        ]);
+                    }
+                }
+                table(
+                    &[
+                        "TOOL",
+                        "VERSION",
+                        "LIVE",
+                        "PUBLISHED BY",
+                        "PUBLISHED",
+                        "SHA256",
+                    ],
+                    &rows,
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => Err(e),
+        },
+    })
+}
+
+fn agent_line(a: &warden_service::AgentRecord, verb: &str) -> String {
+    format!(
+        "agent `{}` {verb}: status {}, renew by {}",
+        a.name,
+        a.status,
+        date(a.renew_by)
+    )
+}
+
+pub async fn agent(common: &Common, cmd: AgentCmd) -> anyhow::Result<ExitCode> {
+    let json = common.json;
+    with_caller!(common, |w, caller| {
+        let (result, verb) = match &cmd {
+            AgentCmd::Create {
+                name,
+                purpose,
+                owner,
+                renew_days,
+            } => (
+                w.create_agent(caller, name, purpose, owner.as_deref(), *renew_days)
+                    .await,
+                "drafted",
+            ),
+            AgentCmd::Activate { name } => (w.activate_agent(caller, name).await, "activated"),
+            AgentCmd::Suspend { name, reason } => {
+                (w.suspend_agent(caller, name, reason).await, "suspended")
+            }
+            AgentCmd::Renew { name, days } => (w.renew_agent(caller, name, *days).await, "renewed"),
+            AgentCmd::Decommission { name, reason } => (
+                w.decommission_agent(caller, name, reason).await,
+                "decommissioned (credentials, tokens and grants revoked)",
+            ),
+        };
+        match result {
+            Ok(a) => say(
+                json,
+                serde_json::to_value(&a).unwrap_or_default(),
+                &agent_line(&a, verb),
+            ),
+            Err(e) => Err(e),
+        }
+    })
+}
+
+pub async fn grant(common: &Common, cmd: GrantCmd) -> anyhow::Result<ExitCode> {
+    let json = common.json;
+    let parsed = match &cmd {
+        GrantCmd::Add { file, actions, .. } => {
+            let mut grant = match file {
+                Some(path) => {
+                    let text = String::from_utf8(read(path, "grant file")?)
+                        .with_context(|| format!("grant file `{}` is not UTF-8", path.display()))?;
+                    Grant::from_toml(&text)
+                        .with_context(|| format!("grant file `{}`", path.display()))?
+                }
+                None => Grant::empty(Limits::STANDARD),
+            };
+            if let Some(a) = actions {
+                if grant.actions.is_some() {
+                    bail!("give the actions either in the grant file or with --actions, not both");
+                }
+                grant.actions = Some(a.iter().map(|s| s.trim().to_owned()).collect());
+            }
+            Some(grant)
+        }
+        _ => None,
+    };
+    with_caller!(common, |w, caller| match &cmd {
+        GrantCmd::Add {
+            agent,
+            tool,
+            expires_in_days,
+            ..
+        } => match parsed.as_ref() {
+            None => Err(Error::Invalid("no grant to add".into())),
+            Some(g) => match w.add_grant(caller, agent, tool, g, *expires_in_days).await {
+                Ok(r) => say(
+                    json,
+                    serde_json::to_value(&r).unwrap_or_default(),
+                    &format!(
+                        "granted `{}` on `{}` ({}) until {}",
+                        r.agent,
+                        r.tool,
+                        describe_actions(g),
+                        date(r.expires_at)
+                    ),
+                ),
+                Err(e) => Err(e),
+            },
+        },
+        GrantCmd::Revoke { agent, tool } => match w.revoke_grant(caller, agent, tool).await {
+            Ok(()) => say(
+                json,
+                serde_json::json!({ "revoked": { "agent": agent, "tool": tool } }),
+                &format!("revoked the grant of `{agent}` on `{tool}`; its next call is denied"),
+            ),
+            Err(e) => Err(e),
+        },
+        GrantCmd::List { agent, history } => {
+            match w.grants(caller, agent.as_deref(), *history).await {
+                Ok(g) if json => print_json(&g),
+                Ok(g) => {
+                    let now = w.now();
+                    let rows: Vec<Vec<String>> = g
+                        .iter()
+                        .map(|r| {
+                            let spec: Option<Grant> = serde_json::from_str(&r.spec).ok();
+                            let state = if r.revoked_at.is_some() {
+                                "revoked"
+                            } else if r.expires_at <= now {
+                                "expired"
+                            } else {
+                                "live"
+                            };
+                            vec![
+                                r.agent.clone(),
+                                r.tool.clone(),
+                                spec.as_ref().map_or("?".into(), describe_actions),
+                                spec.as_ref().map_or("?".into(), describe_caps),
+                                state.into(),
+                                date(r.expires_at),
+                                r.created_by.clone(),
+                            ]
+                        })
+                        .collect();
+                    table(
+                        &[
+                            "AGENT",
+                            "TOOL",
+                            "ACTIONS",
+                            "CAPABILITIES",
+                            "STATE",
+                            "EXPIRES",
+                            "GRANTED BY",
+                        ],
+                        &rows,
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => Err(e),
+            }
+        }
+    })
+}
+
+fn describe_actions(g: &Grant) -> String {
+    match &g.actions {
+        None => "all actions".into(),
+        Some(a) => a.iter().cloned().collect::<Vec<_>>().join(","),
+    }
+}
+
+fn describe_caps(g: &Grant) -> String {
+    let caps: Vec<String> = g.capabilities().iter().map(|c| c.to_string()).collect();
+    if caps.is_empty() {
+        "-".into()
+    } else {
+        caps.join(",")
+    }
+}
+
+pub async fn credential(common: &Common, cmd: CredentialCmd) -> anyhow::Result<ExitCode> {
+    let json = common.json;
+    with_caller!(common, |w, caller| match &cmd {
+        CredentialCmd::Issue { agent } => match w.issue_credential(caller, agent).await {
+            Ok(c) => say(
+                json,
+                serde_json::json!({ "agent": agent, "credential": c }),
+                &format!(
+                    "credential for agent `{agent}` (shown once, stored only as a hash):\n\n    {c}\n\n\
+                     The agent exchanges it for a one-hour access token: warden token --credential <it>"
+                ),
+            ),
+            Err(e) => Err(e),
+        },
+    })
+}
+
+pub async fn inventory(common: &Common) -> anyhow::Result<ExitCode> {
+    let json = common.json;
+    with_caller!(common, |w, caller| match w.inventory(caller).await {
+        Ok(inv) if json => print_json(&inv),
+        Ok(inv) => {
+            println!("tenant {}\n", inv.tenant);
+            table(
+                &[
+                    "AGENT",
+                    "OWNER",
+                    "STATUS",
+                    "RENEW BY",
+                    "LAST ACTIVE",
+                    "FLAGS",
+                    "GRANTS",
+                    "PURPOSE",
+                ],
+                &inv.agents
+                    .iter()
+                    .map(|a| {
+                        let mut flags = Vec::new();
+                        if a.idle {
+                            flags.push("idle");
+                        }
+                        if a.overdue {
+                            flags.push("renewal-overdue");
+                        }
+                        vec![
+                            a.agent.name.clone(),
+                            a.agent.owner.clone(),
+                            a.agent.status.to_string(),
+                            date(a.agent.renew_by),
+                            a.agent.last_active_at.map_or("never".into(), date),
+                            if flags.is_empty() {
+                                "-".into()
+                            } else {
+                                flags.join(",")
+                            },
+                            if a.grants.is_empty() {
+                                "-".into()
+                            } else {
+                                a.grants.join(",")
+                            },
+                            a.agent.purpose.clone(),
+                        ]
+                    })
+                    .collect::<Vec<_>>(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => Err(e),
+    })
+}
+
+pub async fn history(common: &Common) -> anyhow::Result<ExitCode> {
+    let json = common.json;
+    with_caller!(common, |w, caller| match w.events(caller).await {
+        Ok(ev) if json => print_json(&ev),
+        Ok(ev) => {
+            table(
+                &["#", "AT", "ACTOR", "ACTION", "SUBJECT", "DETAIL"],
+                &ev.iter()
+                    .map(|e| {
+                        vec![
+                            e.seq.to_string(),
+                            date(e.at),
+                            e.actor.clone(),
+                            e.action.clone(),
+                            e.subject.clone(),
+                            e.detail.to_string(),
+                        ]
+                    })
+                    .collect::<Vec<_>>(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => Err(e),
+    })
+}
+
+// ---- agent commands --------------------------------------------------------------
+
+/// `warden token`: exchange a credential for an access token.
+pub async fn token(
+    common: &Common,
+    credential: &str,
+    ttl_secs: Option<u64>,
+    tools: Option<Vec<String>>,
+) -> anyhow::Result<ExitCode> {
+    let opened = open(common).await?;
+    let w = opened.warden;
+    let r = w
+        .exchange_credential(credential, ttl_secs.map(Duration::from_secs), tools)
+        .await;
+    w.close().await;
+    match r {
+        Ok(t) if common.json => Ok(print_json(&t).unwrap_or(ExitCode::FAILURE)),
+        Ok(t) => {
+            println!("{}", t.token);
+            eprintln!(
+                "access token for agent `{}` in tenant `{}`, valid until {}",
+                t.agent,
+                t.tenant,
+                date(t.expires_at)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => Ok(fail(&e)),
+    }
+}
+
+/// `warden actions`: what the token's agent may call.
+pub async fn actions(common: &Common, token: &str) -> anyhow::Result<ExitCode> {
+    let opened = open(common).await?;
+    let w = opened.warden;
+    let r = match w.authenticate_agent(token).await {
+        Ok(s) => w.granted_actions(&s).await,
+        Err(e) => Err(e),
+    };
+    w.close().await;
+    match r {
+        Ok(a) if common.json => Ok(print_json(&a).unwrap_or(ExitCode::FAILURE)),
+        Ok(a) => {
+            table(
+                &["TOOL", "VERSION", "ACTION", "EFFECT", "DESCRIPTION"],
+                &a.iter()
+                    .map(|a| {
+                        vec![
+                            a.tool.clone(),
+                            a.version.clone(),
+                            a.action.clone(),
+                            format!("{:?}", a.effect).to_lowercase(),
+                            a.description.clone(),
+                        ]
+                    })
+                    .collect::<Vec<_>>(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => Ok(fail(&e)),
+    }
+}
+
+/// `warden call`: run one granted action as the token's agent.
+pub async fn call(
+    common: &Common,
+    token: &str,
+    tool: &str,
+    action: &str,
+    input: &str,
+) -> anyhow::Result<ExitCode> {
+    let input = crate::read_input(input)?;
+    let opened = open(common).await?;
+    let w = opened.warden;
+    let r = match w.authenticate_agent(token).await {
+        Ok(s) => w.invoke(&s, tool, action, &input).await,
+        Err(e) => Err(e),
+    };
+    w.close().await;
+    match r {
+        Ok(report) => crate::print_report(&report, common.json),
+        Err(e) => Ok(fail(&e)),
+    }
+}

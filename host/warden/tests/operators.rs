@@ -1,0 +1,336 @@
+//! `warden serve` and the governance commands as a newcomer uses them, in the
+//! order the README walks through them.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+use warden_tests::{guest, root};
+
+fn warden(data: &Path, key: Option<&str>, args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_warden"));
+    cmd.args(args)
+        .env("WARDEN_DATA_DIR", data)
+        .env("WARDEN_CACHE_DIR", root().join("target/warden-test-cache"))
+        .env_remove("WARDEN_KEY")
+        .env_remove("WARDEN_TOKEN")
+        .env_remove("WARDEN_CREDENTIAL");
+    if let Some(k) = key {
+        cmd.env("WARDEN_KEY", k);
+    }
+    cmd.output().expect("run warden")
+}
+
+fn ok_json(o: &Output) -> Value {
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).expect("stdout is JSON")
+}
+
+fn stdout(o: &Output) -> String {
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "stderr: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Starts `warden serve`, waits for its "serving" line, stops it, and returns
+/// everything it printed on stderr.
+fn serve_once(data: &Path) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .arg("serve")
+        .env("WARDEN_DATA_DIR", data)
+        .env("WARDEN_CACHE_DIR", root().join("target/warden-test-cache"))
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start warden serve");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = String::new();
+    loop {
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => {
+                seen.push_str(&line);
+                seen.push('\n');
+                if line.contains("serving") {
+                    break;
+                }
+            }
+            Err(e) => {
+                let _ = child.kill();
+                panic!("warden serve did not start ({e}); it printed:\n{seen}");
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    seen
+}
+
+fn admin_key(printed: &str) -> Option<String> {
+    printed
+        .split_whitespace()
+        .find(|w| w.starts_with("wdn_admin_"))
+        .map(|w| w.trim_start_matches("WARDEN_KEY=").to_owned())
+}
+
+#[test]
+fn serve_creates_its_database_and_prints_the_admin_key_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("fresh");
+    let first = serve_once(&data);
+    let key = admin_key(&first).expect("the first start prints the admin key");
+    assert!(first.contains("shown only now"), "{first}");
+    assert!(data.join("control.db").is_file());
+    assert!(data.join("tenants").is_dir());
+    let second = serve_once(&data);
+    assert_eq!(
+        admin_key(&second),
+        None,
+        "the key is shown only once: {second}"
+    );
+    // The key works.
+    let o = warden(&data, Some(&key), &["tenant", "create", "acme"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn readme_walk_from_bootstrap_to_a_granted_call() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path();
+    let admin = admin_key(&serve_once(data)).expect("admin key");
+    let tickets = guest("tickets");
+    let tickets = tickets.to_str().expect("utf-8");
+    let manifest = root().join("tools/tickets/tool.toml");
+    let manifest = manifest.to_str().expect("utf-8");
+    let grant = root().join("examples/grants/tickets-support.toml");
+    let grant = grant.to_str().expect("utf-8");
+
+    // Admin: a tenant and its first deployer.
+    stdout(&warden(data, Some(&admin), &["tenant", "create", "acme"]));
+    let alice = ok_json(&warden(
+        data,
+        Some(&admin),
+        &[
+            "principal",
+            "add",
+            "alice",
+            "--role",
+            "deployer",
+            "--role",
+            "viewer",
+            "--tenant",
+            "acme",
+            "--json",
+        ],
+    ))["api_key"]
+        .as_str()
+        .expect("key")
+        .to_owned();
+    // Alice adds a builder.
+    let bob = ok_json(&warden(
+        data,
+        Some(&alice),
+        &["principal", "add", "bob", "--role", "builder", "--json"],
+    ))["api_key"]
+        .as_str()
+        .expect("key")
+        .to_owned();
+    // Bob publishes; Bob may not deploy (role), Alice deploys.
+    stdout(&warden(
+        data,
+        Some(&bob),
+        &["tool", "publish", tickets, "--manifest", manifest],
+    ));
+    let refused = warden(data, Some(&bob), &["tool", "deploy", "tickets", "0.1.0"]);
+    assert_eq!(refused.status.code(), Some(3));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("needs the deployer role"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    stdout(&warden(
+        data,
+        Some(&alice),
+        &["tool", "deploy", "tickets", "0.1.0"],
+    ));
+    // Bob drafts the agent; Alice activates, grants and issues its credential.
+    stdout(&warden(
+        data,
+        Some(&bob),
+        &[
+            "agent",
+            "create",
+            "support-bot",
+            "--purpose",
+            "answers support tickets",
+        ],
+    ));
+    stdout(&warden(
+        data,
+        Some(&alice),
+        &["agent", "activate", "support-bot"],
+    ));
+    stdout(&warden(
+        data,
+        Some(&alice),
+        &[
+            "grant",
+            "add",
+            "--agent",
+            "support-bot",
+            "--tool",
+            "tickets",
+            "--file",
+            grant,
+        ],
+    ));
+    let wide = warden(
+        data,
+        Some(&alice),
+        &[
+            "grant",
+            "add",
+            "--agent",
+            "support-bot",
+            "--tool",
+            "tickets",
+            "--actions",
+            "open_ticket,launch_missiles",
+        ],
+    );
+    assert_eq!(wide.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&wide.stderr).contains("launch_missiles"));
+    let cred = ok_json(&warden(
+        data,
+        Some(&alice),
+        &["credential", "issue", "--agent", "support-bot", "--json"],
+    ))["credential"]
+        .as_str()
+        .expect("credential")
+        .to_owned();
+
+    // The agent: credential → token → actions → call.
+    let token = stdout(&warden(data, None, &["token", "--credential", &cred]))
+        .trim()
+        .to_owned();
+    assert!(token.starts_with("wdn_tok_acme_"), "{token}");
+    let actions = stdout(&warden(data, None, &["actions", "--token", &token]));
+    assert!(
+        actions.contains("open_ticket") && !actions.contains("delete_record"),
+        "{actions}"
+    );
+    let out = ok_json(&warden(
+        data,
+        None,
+        &[
+            "call",
+            "tickets",
+            "open_ticket",
+            "--input",
+            r#"{"subject":"printer on fire","body":"help"}"#,
+            "--token",
+            &token,
+        ],
+    ));
+    assert!(out["id"].is_number(), "{out}");
+    let denied = warden(
+        data,
+        None,
+        &[
+            "call",
+            "tickets",
+            "delete_record",
+            "--input",
+            r#"{"id":1}"#,
+            "--token",
+            &token,
+        ],
+    );
+    assert_eq!(denied.status.code(), Some(3));
+
+    // Alice (viewer too) reads the inventory and grants; Bob cannot.
+    let inv = stdout(&warden(data, Some(&alice), &["inventory"]));
+    assert!(
+        inv.contains("support-bot") && inv.contains("bob") && inv.contains("active"),
+        "{inv}"
+    );
+    let grants = stdout(&warden(data, Some(&alice), &["grant", "list"]));
+    assert!(
+        grants.contains("open_ticket") && grants.contains("live"),
+        "{grants}"
+    );
+    assert_eq!(
+        warden(data, Some(&bob), &["inventory"]).status.code(),
+        Some(3)
+    );
+
+    // Revocation: the next call is denied.
+    stdout(&warden(
+        data,
+        Some(&alice),
+        &[
+            "grant",
+            "revoke",
+            "--agent",
+            "support-bot",
+            "--tool",
+            "tickets",
+        ],
+    ));
+    let after = warden(
+        data,
+        None,
+        &[
+            "call",
+            "tickets",
+            "read_ticket",
+            "--input",
+            r#"{"id":1}"#,
+            "--token",
+            &token,
+        ],
+    );
+    assert_eq!(after.status.code(), Some(3));
+    let history = stdout(&warden(data, Some(&alice), &["history"]));
+    for action in [
+        "tenant.create",
+        "principal.add",
+        "tool.publish",
+        "tool.deploy",
+        "grant.revoke",
+    ] {
+        assert!(
+            history.contains(action),
+            "history lacks {action}:\n{history}"
+        );
+    }
+    // No key: a clear message.
+    let nokey = warden(data, None, &["inventory"]);
+    assert_ne!(nokey.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&nokey.stderr).contains("WARDEN_KEY"));
+}

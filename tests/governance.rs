@@ -1,0 +1,1210 @@
+//! Governance: roles, separation of duties, the tool registry, agents,
+//! credentials and grants, on a real SQLite data directory with real
+//! components.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use tempfile::TempDir;
+use warden_policy::{Grant, Limits, Operation, Role};
+use warden_runtime::Outcome;
+use warden_service::{AgentStatus, Caller, Config, Error, Warden};
+use warden_tests::{guest, root};
+
+const START: i64 = 1_800_000_000;
+const DAY: i64 = 86_400;
+
+struct Env {
+    dir: TempDir,
+    w: Warden,
+    clock: Arc<AtomicI64>,
+    admin: Caller,
+    admin_key: String,
+    /// Every secret handed out, for the hashed-storage test.
+    secrets: Vec<String>,
+}
+
+async fn env() -> Env {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (w, key, clock) = open(dir.path()).await;
+    let key = key.expect("first start prints the admin key");
+    let admin = w.authenticate(&key).await.expect("admin key works");
+    assert_eq!(admin, Caller::Admin);
+    Env {
+        dir,
+        w,
+        clock,
+        admin,
+        admin_key: key.clone(),
+        secrets: vec![key],
+    }
+}
+
+async fn open(dir: &std::path::Path) -> (Warden, Option<String>, Arc<AtomicI64>) {
+    let clock = Arc::new(AtomicI64::new(START));
+    let c = clock.clone();
+    let mut config = Config::new(dir.to_owned());
+    config.cache_dir = Some(root().join("target/warden-test-cache"));
+    config.clock = Arc::new(move || c.load(Ordering::SeqCst));
+    let opened = Warden::open(config).await.expect("data directory opens");
+    (opened.warden, opened.bootstrap_key, clock)
+}
+
+impl Env {
+    fn advance(&self, secs: i64) {
+        self.clock.fetch_add(secs, Ordering::SeqCst);
+    }
+
+    /// Creates a tenant and its first deployer (`<tenant>-admin`, also viewer).
+    async fn tenant(&mut self, name: &str) -> Caller {
+        self.w
+            .create_tenant(&self.admin, name)
+            .await
+            .expect("tenant created");
+        let (_, key) = self
+            .w
+            .add_principal(
+                &self.admin,
+                name,
+                &format!("{name}-admin"),
+                &roles(&["deployer", "viewer"]),
+            )
+            .await
+            .expect("first deployer");
+        self.secrets.push(key.clone());
+        self.w.authenticate(&key).await.expect("key works")
+    }
+
+    async fn principal(&mut self, by: &Caller, name: &str, r: &[&str]) -> Caller {
+        let tenant = match by {
+            Caller::Principal(p) => p.tenant.clone(),
+            Caller::Admin => panic!("use a deployer"),
+        };
+        let (_, key) = self
+            .w
+            .add_principal(by, &tenant, name, &roles(r))
+            .await
+            .expect("principal added");
+        self.secrets.push(key.clone());
+        self.w.authenticate(&key).await.expect("key works")
+    }
+
+    async fn publish(&self, by: &Caller, component: &str, manifest: &str) {
+        let bytes = std::fs::read(guest(component)).expect("component");
+        let text = std::fs::read_to_string(root().join(manifest)).expect("manifest");
+        self.w
+            .publish_tool(by, &bytes, &text)
+            .await
+            .expect("published");
+    }
+
+    /// Drafts (by `builder`) and activates (by `deployer`) an agent.
+    async fn active_agent(&self, builder: &Caller, deployer: &Caller, name: &str) {
+        self.w
+            .create_agent(builder, name, "testing", None, None)
+            .await
+            .expect("agent drafted");
+        self.w
+            .activate_agent(deployer, name)
+            .await
+            .expect("agent activated");
+    }
+
+    async fn token_for(&mut self, deployer: &Caller, agent: &str) -> (String, String) {
+        let cred = self
+            .w
+            .issue_credential(deployer, agent)
+            .await
+            .expect("credential");
+        let token = self
+            .w
+            .exchange_credential(&cred, None, None)
+            .await
+            .expect("token")
+            .token;
+        self.secrets.push(cred.clone());
+        self.secrets.push(token.clone());
+        (cred, token)
+    }
+
+    async fn call(&self, token: &str, tool: &str, input: &str) -> Result<Outcome, Error> {
+        let s = self.w.authenticate_agent(token).await?;
+        let action = if tool == "greeter" {
+            "greet"
+        } else {
+            "word_count"
+        };
+        Ok(self.w.invoke(&s, tool, action, input).await?.outcome)
+    }
+}
+
+fn roles(r: &[&str]) -> Vec<String> {
+    r.iter().map(|s| (*s).to_owned()).collect()
+}
+
+fn greeter_grant() -> Grant {
+    Grant::empty(Limits::STANDARD)
+}
+
+fn refused(result: Result<Outcome, Error>, fragment: &str) {
+    match result {
+        Ok(Outcome::NotGranted { reason }) if reason.contains(fragment) => {}
+        Err(e) if e.to_string().contains(fragment) => {}
+        other => panic!("expected a refusal containing `{fragment}`, got {other:?}"),
+    }
+}
+
+fn forbidden<T: std::fmt::Debug>(result: Result<T, Error>, fragment: &str) {
+    match result {
+        Err(Error::Forbidden(m)) if m.contains(fragment) => {}
+        other => panic!("expected forbidden containing `{fragment}`, got {other:?}"),
+    }
+}
+
+fn invalid<T: std::fmt::Debug>(result: Result<T, Error>, fragment: &str) {
+    match result {
+        Err(e @ (Error::Invalid(_) | Error::Conflict(_) | Error::NotFound(_)))
+            if e.to_string().contains(fragment) => {}
+        other => panic!("expected a refusal containing `{fragment}`, got {other:?}"),
+    }
+}
+
+// ---- every operation × every role ------------------------------------------------
+
+/// Prepares what `op` needs (as `deployer`/`builder` helpers) and then runs it
+/// as `caller`.
+async fn attempt(
+    e: &Env,
+    deployer: &Caller,
+    builder: &Caller,
+    caller: &Caller,
+    op: Operation,
+    case: &str,
+) -> Result<(), Error> {
+    let w = &e.w;
+    let agent = format!("agent-{case}");
+    let needs_agent = !matches!(
+        op,
+        Operation::ReadInventory
+            | Operation::PublishTool
+            | Operation::DraftAgent
+            | Operation::DeployTool
+            | Operation::RollbackTool
+            | Operation::AddPrincipal
+            | Operation::ChangeSettings
+            | Operation::DecideApproval
+    );
+    if needs_agent {
+        w.create_agent(builder, &agent, "testing", None, None)
+            .await
+            .expect("prepare agent");
+    }
+    match op {
+        Operation::ReadInventory => {
+            w.inventory(caller).await?;
+            w.grants(caller, None, true).await?;
+            w.events(caller).await.map(|_| ())
+        }
+        Operation::PublishTool => {
+            let bytes = std::fs::read(guest("text")).expect("component");
+            let text =
+                std::fs::read_to_string(root().join("tools/text/tool.toml")).expect("manifest");
+            w.publish_tool(caller, &bytes, &text).await.map(|_| ())
+        }
+        Operation::DraftAgent => w
+            .create_agent(caller, &agent, "testing", None, None)
+            .await
+            .map(|_| ()),
+        Operation::DeployTool => w.deploy_tool(caller, "greeter", "2.0.0").await.map(|_| ()),
+        Operation::RollbackTool => {
+            w.deploy_tool(deployer, "greeter", "2.0.0")
+                .await
+                .expect("prepare deploy");
+            w.rollback_tool(caller, "greeter", None).await.map(|_| ())
+        }
+        Operation::AddGrant => w
+            .add_grant(caller, &agent, "greeter", &greeter_grant(), None)
+            .await
+            .map(|_| ()),
+        Operation::RevokeGrant => {
+            w.add_grant(deployer, &agent, "greeter", &greeter_grant(), None)
+                .await
+                .expect("prepare grant");
+            w.revoke_grant(caller, &agent, "greeter").await
+        }
+        Operation::ActivateAgent => w.activate_agent(caller, &agent).await.map(|_| ()),
+        Operation::SuspendAgent => {
+            w.activate_agent(deployer, &agent)
+                .await
+                .expect("prepare activation");
+            w.suspend_agent(caller, &agent, "test").await.map(|_| ())
+        }
+        Operation::RenewAgent => w.renew_agent(caller, &agent, 30).await.map(|_| ()),
+        Operation::DecommissionAgent => w
+            .decommission_agent(caller, &agent, "test")
+            .await
+            .map(|_| ()),
+        Operation::IssueCredential => w.issue_credential(caller, &agent).await.map(|_| ()),
+        Operation::AddPrincipal => w
+            .add_principal(caller, "acme", &format!("p-{case}"), &roles(&["viewer"]))
+            .await
+            .map(|_| ()),
+        Operation::ChangeSettings => w.set_setting(caller, "idle_days", "10").await,
+        // Deciding held calls arrives with the approvals issue; until then the
+        // role table in warden-policy is what the service will consult.
+        Operation::DecideApproval => match caller {
+            Caller::Principal(p) => p.roles.authorize(op).map_err(Error::Forbidden),
+            Caller::Admin => Err(Error::Forbidden("the admin key holds no role".into())),
+        },
+    }
+}
+
+#[tokio::test]
+async fn every_operation_is_allowed_exactly_to_its_role() {
+    let mut e = env().await;
+    let deployer = e.tenant("acme").await;
+    let maker = e.principal(&deployer, "maker", &["builder"]).await;
+    e.publish(
+        &maker,
+        "fixture-greeter-v1",
+        "tools/fixtures/greeter-v1/tool.toml",
+    )
+    .await;
+    e.publish(
+        &maker,
+        "fixture-greeter-v2",
+        "tools/fixtures/greeter-v2/tool.toml",
+    )
+    .await;
+    e.w.deploy_tool(&deployer, "greeter", "1.0.0")
+        .await
+        .expect("deploy");
+    let mut by_role = Vec::new();
+    for role in Role::ALL {
+        let c = e
+            .principal(&deployer, &format!("only-{role}"), &[role.name()])
+            .await;
+        by_role.push((role, c));
+    }
+    let mut checked = 0;
+    for op in Operation::ALL {
+        for (role, caller) in &by_role {
+            let case = format!("{}-{role}", op.name().replace(' ', "-"));
+            let result = attempt(&e, &deployer, &maker, caller, op, &case).await;
+            let need = op.required_role();
+            match (*role == need, result) {
+                (true, Ok(())) => {}
+                (false, Err(Error::Forbidden(m)))
+                    if m.contains(&format!("needs the {need} role")) => {}
+                (expected, other) => panic!(
+                    "`{}` as {role}: expected {}, got {other:?}",
+                    op.name(),
+                    if expected {
+                        "success"
+                    } else {
+                        "a role refusal"
+                    }
+                ),
+            }
+            checked += 1;
+        }
+        // The admin key holds no tenant role at all.
+        let case = format!("{}-admin", op.name().replace(' ', "-"));
+        let result = attempt(&e, &deployer, &maker, &e.admin, op, &case).await;
+        assert!(
+            matches!(result, Err(Error::Forbidden(_))),
+            "`{}` with the admin key: {result:?}",
+            op.name()
+        );
+    }
+    assert_eq!(checked, Operation::ALL.len() * Role::ALL.len());
+}
+
+#[tokio::test]
+async fn admin_key_only_bootstraps() {
+    let mut e = env().await;
+    let deployer = e.tenant("acme").await;
+    // A second deployer through the admin key: refused, the tenant has one.
+    forbidden(
+        e.w.add_principal(&e.admin, "acme", "mallory", &roles(&["deployer"]))
+            .await,
+        "already has a deployer",
+    );
+    // The admin key must bootstrap a deployer, not anything else.
+    e.w.create_tenant(&e.admin, "globex").await.expect("tenant");
+    forbidden(
+        e.w.add_principal(&e.admin, "globex", "v", &roles(&["viewer"]))
+            .await,
+        "include the deployer role",
+    );
+    // Principals do not create tenants.
+    forbidden(
+        e.w.create_tenant(&deployer, "initech").await,
+        "only the admin key",
+    );
+    // Bad names and unknown roles are clear errors.
+    invalid(e.w.create_tenant(&e.admin, "Bad_Name").await, "tenant name");
+    invalid(e.w.create_tenant(&e.admin, "acme").await, "already exists");
+    invalid(
+        e.w.add_principal(&deployer, "acme", "eve", &roles(&["root"]))
+            .await,
+        "unknown role `root`",
+    );
+    // A bootstrap key that is not the stored one is refused.
+    let mut fake = e.admin_key.clone();
+    fake.replace_range(fake.len() - 4.., "0000");
+    assert!(matches!(
+        e.w.authenticate(&fake).await,
+        Err(Error::Unauthenticated(_))
+    ));
+}
+
+// ---- separation of duties ------------------------------------------------------
+
+#[tokio::test]
+async fn a_publisher_does_not_deploy_their_own_version_unless_the_tenant_allows_it() {
+    let mut e = env().await;
+    let deployer = e.tenant("acme").await;
+    let solo = e
+        .principal(&deployer, "solo", &["builder", "deployer"])
+        .await;
+    e.publish(
+        &solo,
+        "fixture-greeter-v1",
+        "tools/fixtures/greeter-v1/tool.toml",
+    )
+    .await;
+    e.publish(
+        &solo,
+        "fixture-greeter-v2",
+        "tools/fixtures/greeter-v2/tool.toml",
+    )
+    .await;
+
+    // deny: the publisher deploys
+    forbidden(
+        e.w.deploy_tool(&solo, "greeter", "1.0.0").await,
+        "separation of duties",
+    );
+    // allow: another deployer
+    e.w.deploy_tool(&deployer, "greeter", "1.0.0")
+        .await
+        .expect("another deployer deploys");
+    // deny: the publisher rolls forward or back to their own version
+    forbidden(
+        e.w.deploy_tool(&solo, "greeter", "2.0.0").await,
+        "allow_self_deploy",
+    );
+
+    // relax, explicitly and on the record
+    e.w.set_setting(&deployer, "allow_self_deploy", "true")
+        .await
+        .expect("setting");
+    e.w.deploy_tool(&solo, "greeter", "2.0.0")
+        .await
+        .expect("relaxed: the publisher deploys");
+    let history = e.w.events(&deployer).await.expect("history");
+    assert!(
+        history.iter().any(|ev| ev.action == "setting.set"
+            && ev.subject == "allow_self_deploy"
+            && ev.actor == "principal:acme-admin"
+            && ev.detail["to"] == "true"),
+        "the relaxation is recorded: {history:?}"
+    );
+    let settings = e.w.settings(&deployer).await.expect("settings");
+    assert!(settings.allow_self_deploy);
+
+    // tighten again: refused again
+    e.w.set_setting(&deployer, "allow_self_deploy", "false")
+        .await
+        .expect("setting");
+    forbidden(
+        e.w.rollback_tool(&solo, "greeter", None).await,
+        "separation of duties",
+    );
+
+    // settings are validated
+    invalid(
+        e.w.set_setting(&deployer, "allow_everything", "true").await,
+        "unknown setting",
+    );
+    invalid(
+        e.w.set_setting(&deployer, "allow_self_deploy", "yes").await,
+        "does not accept",
+    );
+}
+
+#[tokio::test]
+async fn the_owner_approval_rule_is_a_recorded_setting() {
+    use warden_policy::SeparationRule;
+    let mut e = env().await;
+    let deployer = e.tenant("acme").await;
+    let settings = e.w.settings(&deployer).await.expect("settings");
+    let rule = SeparationRule::ApproveOwnAgent;
+    // hold by default: the owner may not decide, someone else may
+    assert!(
+        rule.check("p_owner", "p_owner", settings.relaxed(rule))
+            .is_err()
+    );
+    assert!(
+        rule.check("p_other", "p_owner", settings.relaxed(rule))
+            .is_ok()
+    );
+    e.w.set_setting(&deployer, "allow_owner_approval", "true")
+        .await
+        .expect("setting");
+    let settings = e.w.settings(&deployer).await.expect("settings");
+    assert!(
+        rule.check("p_owner", "p_owner", settings.relaxed(rule))
+            .is_ok()
+    );
+    assert_eq!(settings.changes.len(), 1);
+    assert_eq!(settings.changes[0].2, "principal:acme-admin");
+}
+
+// ---- registry ------------------------------------------------------------------
+
+#[tokio::test]
+async fn bad_publications_give_clear_errors_and_write_nothing() {
+    let mut e = env().await;
+    let deployer = e.tenant("acme").await;
+    let builder = e.principal(&deployer, "b", &["builder", "viewer"]).await;
+    e.publish(
+        &builder,
+        "fixture-greeter-v1",
+        "tools/fixtures/greeter-v1/tool.toml",
+    )
+    .await;
+    let greeter = std::fs::read(guest("fixture-greeter-v1")).expect("component");
+    let manifest = std::fs::read_to_string(root().join("tools/fixtures/greeter-v1/tool.toml"))
+        .expect("manifest");
+    let tickets_manifest =
+        std::fs::read_to_string(root().join("tools/tickets/tool.toml")).expect("manifest");
+    let mut corrupted = greeter.clone();
+    let mid = corrupted.len() / 2;
+    for b in &mut corrupted[mid..mid + 64] {
+        *b ^= 0xa5;
+    }
+    let malformed = std::fs::read(root().join("tools/fixtures/malformed.wasm")).expect("fixture");
+    let manifest_v2 = manifest.replace("1.0.0", "2.0.0");
+
+    let before = (
+        e.w.inventory(&builder).await.expect("inventory").tools,
+        e.w.events(&builder).await.expect("history").len(),
+    );
+    let cases: Vec<(&str, &[u8], String, &str)> = vec![
+        ("not TOML", &greeter, "name = ".into(), "invalid manifest"),
+        (
+            "unknown capability",
+            &greeter,
+            format!("{manifest}\n[capabilities.sockets]\n"),
+            "unknown field `sockets`",
+        ),
+        (
+            "bad version",
+            &greeter,
+            manifest.replace("1.0.0", "one"),
+            "not MAJOR.MINOR.PATCH",
+        ),
+        (
+            "effect disagrees",
+            &greeter,
+            manifest.replace("effect = \"read\"", "effect = \"write\""),
+            "manifest does not match the component",
+        ),
+        (
+            "another tool's manifest",
+            &greeter,
+            tickets_manifest,
+            "describes itself as `greeter`",
+        ),
+        (
+            "version disagrees with the component",
+            &greeter,
+            manifest_v2,
+            "describes itself as `greeter` 1.0.0",
+        ),
+        (
+            "corrupted bytes",
+            &corrupted,
+            manifest.clone(),
+            "component was refused",
+        ),
+        (
+            "not a component",
+            &malformed,
+            manifest.clone(),
+            "component was refused",
+        ),
+        (
+            "duplicate version",
+            &greeter,
+            manifest.clone(),
+            "already published",
+        ),
+    ];
+    for (what, bytes, text, fragment) in cases {
+        match e.w.publish_tool(&builder, bytes, &text).await {
+            Err(Error::Invalid(m)) | Err(Error::Conflict(m)) if m.contains(fragment) => {}
+            other => panic!("{what}: expected an error containing `{fragment}`, got {other:?}"),
+        }
+    }
+    let after = (
+        e.w.inventory(&builder).await.expect("inventory").tools,
+        e.w.events(&builder).await.expect("history").len(),
+    );
+    assert_eq!(before.0.len(), after.0.len());
+    assert_eq!(
+        before.0[0].versions, after.0[0].versions,
+        "no version written"
+    );
+    assert_eq!(before.1, after.1, "no history written");
+    assert_eq!(blob_count(&e).await, 1, "no component bytes written");
+}
+
+async fn tenant_db(e: &Env, tenant: &str) -> sqlx::SqlitePool {
+    let path = e.dir.path().join("tenants").join(format!("{tenant}.db"));
+    sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .expect("tenant database")
+}
+
+async fn blob_count(e: &Env) -> i64 {
+    let db = tenant_db(e, "acme").await;
+    let n = sqlx::query_scalar("SELECT COUNT(*) FROM blobs")
+        .fetch_one(&db)
+        .await
+        .expect("count");
+    db.close().await;
+    n
+}
+
+/// Which greeter version answered a call: (report version, output version).
+async fn answer(e: &Env, token: String) -> (String, Option<u64>) {
+    let s = e.w.authenticate_agent(&token).await.expect("token");
+    let r =
+        e.w.invoke(&s, "greeter", "greet", r#"{"name":"ada"}"#)
+            .await
+            .expect("call");
+    assert!(r.outcome.is_ok(), "{:?}", r.outcome);
+    (r.version, r.output.expect("output")["version"].as_u64())
+}
+
+#[tokio::test]
+async fn deploy_and_rollback_change_the_code_that_answers() {
+    let mut e = env().await;
+    let deployer = e.tenant("acme").await;
+    let builder = e.principal(&deployer, "b", &["builder"]).await;
+    e.publish(
+        &builder,
+        "fixture-greeter-v1",
+        "tools/fixtures/greeter-v1/tool.toml",
+    )
+    .await;
+    e.publish(
+        &builder,
+        "fixture-greeter-v2",
+        "tools/fixtures/greeter-v2/tool.toml",
+    )
+    .await;
+    invalid(
+        e.w.rollback_tool(&deployer, "greeter", None).await,
+        "never been deployed",
+    );
+    e.w.deploy_tool(&deployer, "greeter", "1.0.0")
+        .await
+        .expect("deploy");
+    e.active_agent(&builder, &deployer, "bot").await;
+    e.w.add_grant(&deployer, "bot", "greeter", &greeter_grant(), None)
+        .await
+        .expect("grant");
+    let (_, token) = e.token_for(&deployer, "bot").await;
+    assert_eq!(answer(&e, token.clone()).await, ("1.0.0".into(), Some(1)));
+    e.w.deploy_tool(&deployer, "greeter", "2.0.0")
+        .await
+        .expect("deploy v2");
+    assert_eq!(answer(&e, token.clone()).await, ("2.0.0".into(), Some(2)));
+    let back =
+        e.w.rollback_tool(&deployer, "greeter", None)
+            .await
+            .expect("rollback");
+    assert_eq!(
+        (back.version.as_str(), back.kind.as_str()),
+        ("1.0.0", "rollback")
+    );
+    assert_eq!(answer(&e, token.clone()).await, ("1.0.0".into(), Some(1)));
+    invalid(
+        e.w.rollback_tool(&deployer, "greeter", Some("1.0.0")).await,
+        "already live",
+    );
+    invalid(
+        e.w.deploy_tool(&deployer, "greeter", "9.9.9").await,
+        "not found",
+    );
+}
+
+#[tokio::test]
+async fn a_tampered_stored_component_is_refused_not_run() {
+    let mut e = env().await;
+    let deployer = e.tenant("acme").await;
+    let builder = e.principal(&deployer, "b", &["builder"]).await;
+    e.publish(
+        &builder,
+        "fixture-greeter-v1",
+        "tools/fixtures/greeter-v1/tool.toml",
+    )
+    .await;
+    e.w.deploy_tool(&deployer, "greeter", "1.0.0")
+        .await
+        .expect("deploy");
+    e.active_agent(&builder, &deployer, "bot").await;
+    e.w.add_grant(&deployer, "bot", "greeter", &greeter_grant(), None)
+        .await
+        .expect("grant");
+    let (_, token) = e.token_for(&deployer, "bot").await;
+    e.w.close().await;
+    let db = tenant_db(&e, "acme").await;
+    sqlx::query("UPDATE blobs SET bytes = X'0061736d0d000100'")
+        .execute(&db)
+        .await
+        .expect("tamper");
+    db.close().await;
+    // A fresh host has no compiled copy in memory: it must read the blob.
+    let (w, key, _) = open(e.dir.path()).await;
+    assert!(key.is_none(), "the admin key is created only once");
+    let s = w.authenticate_agent(&token).await.expect("token");
+    match w.invoke(&s, "greeter", "greet", r#"{"name":"ada"}"#).await {
+        Err(Error::Internal(m)) => assert!(m.contains("corrupt"), "{m}"),
+        other => panic!("expected the corrupt blob to be refused, got {other:?}"),
+    }
+}
+
+// ---- grants ----------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_grant_wider_than_the_manifest_is_refused_naming_the_excess() {
+    let mut e = env().await;
+    let deployer = e.tenant("acme").await;
+    let builder = e.principal(&deployer, "b", &["builder"]).await;
+    e.publish(&builder, "tickets", "tools/tickets/tool.toml")
+        .await;
+    e.publish(
+        &builder,
+        "fixture-greeter-v1",
+        "tools/fixtures/greeter-v1/tool.toml",
+    )
+    .await;
+    e.w.create_agent(&builder, "bot", "testing", None, None)
+        .await
+        .expect("agent");
+    invalid(
+        e.w.add_grant(&deployer, "bot", "tickets", &greeter_grant(), None)
+            .await,
+        "no deployed version",
+    );
+    e.w.deploy_tool(&deployer, "tickets", "0.1.0")
+        .await
+        .expect("deploy");
+    e.w.deploy_tool(&deployer, "greeter", "1.0.0")
+        .await
+        .expect("deploy");
+    let cases = [
+        // (tool, grant, refusal naming the excess)
+        ("greeter", "[kv]\nnamespace = \"x\"\n", Some("kv")),
+        (
+            "greeter",
+            "actions = [\"delete_everything\"]\n",
+            Some("delete_everything"),
+        ),
+        (
+            "tickets",
+            "[fs]\ndirs = [{ host = \"/tmp\", guest = \"/data\", mode = \"read-only\" }]\n",
+            Some("fs"),
+        ),
+        (
+            "tickets",
+            "[secrets]\nnames = [\"API_KEY\"]\n",
+            Some("secrets"),
+        ),
+        ("tickets", "[kv]\nnamespace = \"desk\"\n[log]\n", None),
+        ("greeter", "[rate]\nper_minute = 10\nper_day = 1000\n", None),
+    ];
+    for (tool, text, excess) in cases {
+        let grant = Grant::from_toml(text).expect("grant parses");
+        let r = e.w.add_grant(&deployer, "bot", tool, &grant, None).await;
+        match (excess, r) {
+            (None, Ok(g)) => assert!(g.revoked_at.is_none()),
+            (Some(name), Err(Error::Invalid(m)))
+                if m.contains("exceeds the tool's manifest") && m.contains(name) => {}
+            (x, other) => panic!("{tool} {text}: expected {x:?}, got {other:?}"),
+        }
+    }
+    // Unknown capability names in a grant file are refused by the parser.
+    let e2 = Grant::from_toml("[sockets]\nallow = true\n").expect_err("unknown capability");
+    assert!(e2.to_string().contains("unknown field `sockets`"), "{e2}");
+    // Rate limits are stored with the grant.
+    let stored =
+        e.w.grants(&deployer, Some("bot"), false)
+            .await
+            .expect("grants");
+    let g: Grant = serde_json::from_str(
+        &stored
+            .iter()
+            .find(|g| g.tool == "greeter")
+            .expect("greeter grant")
+            .spec,
+    )
+    .expect("stored grant");
+    assert_eq!(g.rate.and_then(|r| r.per_minute), Some(10));
+}
+
+#[tokio::test]
+async fn revoked_and_expired_grants_deny_the_next_call() {
+    let mut e = env().await;
+    let deployer = e.tenant("acme").await;
+    let builder = e.principal(&deployer, "b", &["builder"]).await;
+    e.publish(
+        &builder,
+        "fixture-greeter-v1",
+        "tools/fixtures/greeter-v1/tool.toml",
+    )
+    .await;
+    e.w.deploy_tool(&deployer, "greeter", "1.0.0")
+        .await
+        .expect("deploy");
+    e.active_agent(&builder, &deployer, "bot").await;
+    let (cred, token) = e.token_for(&deployer, "bot").await;
+    let input = r#"{"name":"ada"}"#;
+
+    // deny: no grant yet
+    refused(e.call(&token, "greeter", input).await, "has no grant");
+    // allow
+    e.w.add_grant(&deployer, "bot", "greeter", &greeter_grant(), Some(2))
+        .await
+        .expect("grant");
+    assert!(matches!(
+        e.call(&token, "greeter", input).await,
+        Ok(Outcome::Ok)
+    ));
+    // deny: an action outside the grant
+    let mut narrow = greeter_grant();
+    narrow.actions = Some(["greet".to_owned()].into());
+    e.w.add_grant(&deployer, "bot", "greeter", &narrow, Some(2))
+        .await
+        .expect("narrower grant replaces the old one");
+    let s = e.w.authenticate_agent(&token).await.expect("token");
+    assert!(matches!(
+        e.w.invoke(&s, "greeter", "wave", "{}")
+            .await
+            .expect("call")
+            .outcome,
+        Outcome::NotGranted { .. } | Outcome::UnknownAction { .. }
+    ));
+    // deny: revoked, on the very next call
+    e.w.revoke_grant(&deployer, "bot", "greeter")
+        .await
+        .expect("revoke");
+    refused(e.call(&token, "greeter", input).await, "has no grant");
+    invalid(
+        e.w.revoke_grant(&deployer, "bot", "greeter").await,
+        "live grant",
+    );
+    // deny: expired (a fresh token: the old one is an hour old by then)
+    e.w.add_grant(&deployer, "bot", "greeter", &greeter_grant(), Some(1))
+        .await
+        .expect("grant");
+    assert!(matches!(
+        e.call(&token, "greeter", input).await,
+        Ok(Outcome::Ok)
+    ));
+    e.advance(DAY + 1);
+    refused(e.call(&token, "greeter", input).await, "expired");
+    let fresh =
+        e.w.exchange_credential(&cred, None, None)
+            .await
+            .expect("token")
+            .token;
+    refused(
+        e.call(&fresh, "greeter", input).await,
+        "grant of agent `bot` on tool `greeter` expired",
+    );
+    // The history shows every grant, revoked or not.
+    let all =
+        e.w.grants(&deployer, Some("bot"), true)
+            .await
+            .expect("grants");
+    assert_eq!(all.len(), 3);
+    assert_eq!(all.iter().filter(|g| g.revoked_at.is_some()).count(), 2);
+}
+
+// ---- agents and credentials ---------------------------------------------------------
+
+#[tokio::test]
+async fn suspended_decommissioned_and_overdue_agents_are_refused() {
+    let mut e = env().await;
+    let deployer = e.tenant("acme").await;
+    let builder = e.principal(&deployer, "b", &["builder"]).await;
+    e.publish(
+        &builder,
+        "fixture-greeter-v1",
+        "tools/fixtures/greeter-v1/tool.toml",
+    )
+    .await;
+    e.w.deploy_tool(&deployer, "greeter", "1.0.0")
+        .await
+        .expect("deploy");
+    let input = r#"{"name":"ada"}"#;
+
+    // A draft agent cannot get a token.
+    e.w.create_agent(&builder, "bot", "testing", None, Some(10))
+        .await
+        .expect("agent");
+    let cred = e.w.issue_credential(&deployer, "bot").await.expect("cred");
+    forbidden(e.w.exchange_credential(&cred, None, None).await, "is draft");
+    e.w.activate_agent(&deployer, "bot")
+        .await
+        .expect("activate");
+    e.w.add_grant(&deployer, "bot", "greeter", &greeter_grant(), None)
+        .await
+        .expect("grant");
+    let token =
+        e.w.exchange_credential(&cred, None, None)
+            .await
+            .expect("token")
+            .token;
+    assert!(matches!(
+        e.call(&token, "greeter", input).await,
+        Ok(Outcome::Ok)
+    ));
+
+    // suspended: the token is refused until reactivation
+    e.w.suspend_agent(&deployer, "bot", "incident 42")
+        .await
+        .expect("suspend");
+    forbidden(e.w.authenticate_agent(&token).await, "is suspended");
+    forbidden(
+        e.w.exchange_credential(&cred, None, None).await,
+        "is suspended",
+    );
+    e.w.activate_agent(&deployer, "bot")
+        .await
+        .expect("reactivate");
+    assert!(matches!(
+        e.call(&token, "greeter", input).await,
+        Ok(Outcome::Ok)
+    ));
+
+    // A session authenticated before a suspension does not outlive it.
+    let session = e.w.authenticate_agent(&token).await.expect("session");
+    e.w.suspend_agent(&deployer, "bot", "again")
+        .await
+        .expect("suspend");
+    forbidden(
+        e.w.invoke(&session, "greeter", "greet", input).await,
+        "is suspended",
+    );
+    e.w.activate_agent(&deployer, "bot")
+        .await
+        .expect("reactivate");
+
+    // past renewal: suspended on first use, and flagged in the inventory
+    e.advance(11 * DAY);
+    let inv = e.w.inventory(&deployer).await.expect("inventory");
+    assert!(
+        inv.agents
+            .iter()
+            .any(|a| a.agent.name == "bot" && a.overdue)
+    );
+    forbidden(
+        e.w.exchange_credential(&cred, None, None).await,
+        "passed its renewal date",
+    );
+    let bot = |inv: &warden_service::Inventory| {
+        inv.agents
+            .iter()
+            .find(|a| a.agent.name == "bot")
+            .expect("bot")
+            .clone()
+    };
+    assert_eq!(
+        bot(&e.w.inventory(&deployer).await.expect("inventory"))
+            .agent
+            .status,
+        AgentStatus::Suspended
+    );
+    forbidden(e.w.activate_agent(&deployer, "bot").await, "renew it first");
+    e.w.renew_agent(&deployer, "bot", 30).await.expect("renew");
+    e.w.activate_agent(&deployer, "bot")
+        .await
+        .expect("activate");
+    let token =
+        e.w.exchange_credential(&cred, None, None)
+            .await
+            .expect("token")
+            .token;
+    assert!(matches!(
+        e.call(&token, "greeter", input).await,
+        Ok(Outcome::Ok)
+    ));
+
+    // decommissioned: credentials, tokens and grants revoked; history kept
+    e.w.decommission_agent(&deployer, "bot", "retired")
+        .await
+        .expect("decommission");
+    assert!(matches!(
+        e.w.authenticate_agent(&token).await,
+        Err(Error::Unauthenticated(m)) if m.contains("revoked")
+    ));
+    assert!(matches!(
+        e.w.exchange_credential(&cred, None, None).await,
+        Err(Error::Unauthenticated(_))
+    ));
+    forbidden(e.w.activate_agent(&deployer, "bot").await, "decommissioned");
+    forbidden(
+        e.w.add_grant(&deployer, "bot", "greeter", &greeter_grant(), None)
+            .await,
+        "decommissioned",
+    );
+    let inv = e.w.inventory(&deployer).await.expect("inventory");
+    let b = bot(&inv);
+    assert_eq!(b.agent.status, AgentStatus::Decommissioned);
+    assert!(b.grants.is_empty());
+    let grants =
+        e.w.grants(&deployer, Some("bot"), true)
+            .await
+            .expect("grant history");
+    assert!(!grants.is_empty() && grants.iter().all(|g| g.revoked_at.is_some()));
+    let history = e.w.events(&deployer).await.expect("history");
+    for action in [
+        "agent.create",
+        "agent.active",
+        "agent.suspended",
+        "agent.renew",
+        "agent.decommissioned",
+        "credential.issue",
+        "grant.add",
+    ] {
+        assert!(
+            history
+                .iter()
+                .any(|ev| ev.action == action && ev.subject.starts_with("bot")),
+            "history lacks {action}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn idle_agents_are_flagged() {
+    let mut e = env().await;
+    let deployer = e.tenant("acme").await;
+    let builder = e.principal(&deployer, "b", &["builder"]).await;
+    e.publish(
+        &builder,
+        "fixture-greeter-v1",
+        "tools/fixtures/greeter-v1/tool.toml",
+    )
+    .await;
+    e.w.deploy_tool(&deployer, "greeter", "1.0.0")
+        .await
+        .expect("deploy");
+    e.active_agent(&builder, &deployer, "busy").await;
+    e.active_agent(&builder, &deployer, "quiet").await;
+    e.w.add_grant(&deployer, "busy", "greeter", &greeter_grant(), None)
+        .await
+        .expect("grant");
+    e.w.set_setting(&deployer, "idle_days", "7")
+        .await
+        .expect("setting");
+    e.advance(8 * DAY);
+    let (_, token) = e.token_for(&deployer, "busy").await;
+    assert!(matches!(
+        e.call(&token, "greeter", r#"{"name":"x"}"#).await,
+        Ok(Outcome::Ok)
+    ));
+    let inv = e.w.inventory(&deployer).await.expect("inventory");
+    let flag = |n: &str| {
+        inv.agents
+            .iter()
+            .find(|a| a.agent.name == n)
+            .map(|a| (a.idle, a.agent.last_active_at.is_some()))
+    };
+    assert_eq!(flag("busy"), Some((false, true)));
+    assert_eq!(flag("quiet"), Some((true, false)));
+}
+
+#[tokio::test]
+async fn tokens_are_scoped_to_their_tenant_tools_and_lifetime() {
+    let mut e = env().await;
+    let acme = e.tenant("acme").await;
+    let globex = e.tenant("globex").await;
+    let builder = e.principal(&acme, "b", &["builder"]).await;
+    e.publish(
+        &builder,
+        "fixture-greeter-v1",
+        "tools/fixtures/greeter-v1/tool.toml",
+    )
+    .await;
+    e.publish(&builder, "text", "tools/text/tool.toml").await;
+    e.w.deploy_tool(&acme, "greeter", "1.0.0")
+        .await
+        .expect("deploy");
+    e.w.deploy_tool(&acme, "text", "0.1.0")
+        .await
+        .expect("deploy");
+    e.active_agent(&builder, &acme, "bot").await;
+    e.w.add_grant(&acme, "bot", "greeter", &greeter_grant(), None)
+        .await
+        .expect("grant");
+    e.w.add_grant(&acme, "bot", "text", &greeter_grant(), None)
+        .await
+        .expect("grant");
+    let (cred, token) = e.token_for(&acme, "bot").await;
+    let input = r#"{"name":"ada"}"#;
+    assert!(matches!(
+        e.call(&token, "greeter", input).await,
+        Ok(Outcome::Ok)
+    ));
+
+    // Another tenant: the same secret with the other tenant's name finds nothing.
+    let moved = token.replacen("_acme_", "_globex_", 1);
+    assert!(matches!(
+        e.w.authenticate_agent(&moved).await,
+        Err(Error::Unauthenticated(_))
+    ));
+    let moved_cred = cred.replacen("_acme_", "_globex_", 1);
+    assert!(matches!(
+        e.w.exchange_credential(&moved_cred, None, None).await,
+        Err(Error::Unauthenticated(_))
+    ));
+    // A principal of one tenant acts only in its own.
+    forbidden(
+        e.w.check_tenant(&acme, "globex"),
+        "belongs to tenant `acme`",
+    );
+    forbidden(
+        e.w.add_principal(&acme, "globex", "spy", &roles(&["viewer"]))
+            .await,
+        "belongs to tenant `acme`",
+    );
+    // Globex sees none of acme's agents.
+    let inv = e.w.inventory(&globex).await.expect("inventory");
+    assert!(inv.agents.is_empty() && inv.tools.is_empty());
+    assert!(matches!(
+        e.w.grants(&globex, Some("bot"), true).await,
+        Err(Error::NotFound(_))
+    ));
+
+    // Narrowed to one tool.
+    let narrow =
+        e.w.exchange_credential(&cred, None, Some(vec!["text".into()]))
+            .await
+            .expect("token")
+            .token;
+    e.secrets.push(narrow.clone());
+    refused(e.call(&narrow, "greeter", input).await, "narrowed to text");
+    assert!(matches!(
+        e.call(&narrow, "text", r#"{"text":"a b"}"#).await,
+        Ok(Outcome::Ok)
+    ));
+    let s = e.w.authenticate_agent(&narrow).await.expect("token");
+    let listed = e.w.granted_actions(&s).await.expect("actions");
+    assert!(listed.iter().all(|a| a.tool == "text") && !listed.is_empty());
+
+    // Lifetime: one hour by default, bounded on request.
+    invalid(
+        e.w.exchange_credential(
+            &cred,
+            Some(std::time::Duration::from_secs(7 * 86_400)),
+            None,
+        )
+        .await,
+        "token lifetime",
+    );
+    e.advance(3601);
+    assert!(matches!(
+        e.w.authenticate_agent(&token).await,
+        Err(Error::Unauthenticated(m)) if m.contains("expired")
+    ));
+    // Malformed tokens and keys.
+    for bad in ["", "wdn_tok_acme_xyz", "Bearer abc", &e.admin_key] {
+        assert!(matches!(
+            e.w.authenticate_agent(bad).await,
+            Err(Error::Unauthenticated(_))
+        ));
+    }
+    assert!(matches!(
+        e.w.authenticate(&token).await,
+        Err(Error::Unauthenticated(m)) if m.contains("not an operator key")
+    ));
+}
+
+// ---- storage -------------------------------------------------------------------------
+
+#[tokio::test]
+async fn secrets_are_stored_only_as_hashes() {
+    let mut e = env().await;
+    let deployer = e.tenant("acme").await;
+    let builder = e.principal(&deployer, "b", &["builder"]).await;
+    e.active_agent(&builder, &deployer, "bot").await;
+    e.token_for(&deployer, "bot").await;
+    e.w.close().await;
+    let mut files = Vec::new();
+    for sub in ["", "tenants"] {
+        for entry in std::fs::read_dir(e.dir.path().join(sub))
+            .expect("data dir")
+            .flatten()
+        {
+            if entry.path().is_file() {
+                files.push(std::fs::read(entry.path()).expect("file"));
+            }
+        }
+    }
+    assert!(files.len() >= 2, "control and tenant databases");
+    let contains = |needle: &str| {
+        files
+            .iter()
+            .any(|f| f.windows(needle.len()).any(|w| w == needle.as_bytes()))
+    };
+    assert!(e.secrets.len() >= 5);
+    for secret in &e.secrets {
+        // Neither the whole secret nor its random part is anywhere on disk...
+        let random = secret.rsplit('_').next().expect("random part");
+        assert!(!contains(random), "plaintext secret found on disk");
+        // ...but its hash is, so we looked in the right place.
+        assert!(
+            contains(&warden_store::hash_secret(secret)),
+            "hash of a secret not found"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_failed_multi_row_write_leaves_nothing() {
+    let mut e = env().await;
+    let deployer = e.tenant("acme").await;
+    e.principal(&deployer, "dup", &["viewer"]).await;
+    let db = tenant_db(&e, "acme").await;
+    let count = |db: sqlx::SqlitePool| async move {
+        let keys: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM api_keys")
+            .fetch_one(&db)
+            .await
+            .expect("count");
+        let events: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events")
+            .fetch_one(&db)
+            .await
+            .expect("count");
+        (keys, events)
+    };
+    let before = count(db.clone()).await;
+    invalid(
+        e.w.add_principal(&deployer, "acme", "dup", &roles(&["builder"]))
+            .await,
+        "already exists",
+    );
+    assert_eq!(
+        count(db.clone()).await,
+        before,
+        "no key or event for a refused principal"
+    );
+    db.close().await;
+}
