@@ -266,13 +266,13 @@ async fn every_operation_is_allowed_exactly_to_its_role() {
     let maker = e.principal(&deployer, "maker", &["builder"]).await;
     e.publish(
         &maker,
-        "fixture-greeter-v1",
+        "fixture_greeter_v1",
         "tools/fixtures/greeter-v1/tool.toml",
     )
     .await;
     e.publish(
         &maker,
-        "fixture-greeter-v2",
+        "fixture_greeter_v2",
         "tools/fixtures/greeter-v2/tool.toml",
     )
     .await;
@@ -370,13 +370,13 @@ async fn a_publisher_does_not_deploy_their_own_version_unless_the_tenant_allows_
         .await;
     e.publish(
         &solo,
-        "fixture-greeter-v1",
+        "fixture_greeter_v1",
         "tools/fixtures/greeter-v1/tool.toml",
     )
     .await;
     e.publish(
         &solo,
-        "fixture-greeter-v2",
+        "fixture_greeter_v2",
         "tools/fixtures/greeter-v2/tool.toml",
     )
     .await;
@@ -471,11 +471,11 @@ async fn bad_publications_give_clear_errors_and_write_nothing() {
     let builder = e.principal(&deployer, "b", &["builder", "viewer"]).await;
     e.publish(
         &builder,
-        "fixture-greeter-v1",
+        "fixture_greeter_v1",
         "tools/fixtures/greeter-v1/tool.toml",
     )
     .await;
-    let greeter = std::fs::read(guest("fixture-greeter-v1")).expect("component");
+    let greeter = std::fs::read(guest("fixture_greeter_v1")).expect("component");
     let manifest = std::fs::read_to_string(root().join("tools/fixtures/greeter-v1/tool.toml"))
         .expect("manifest");
     let tickets_manifest =
@@ -597,13 +597,13 @@ async fn deploy_and_rollback_change_the_code_that_answers() {
     let builder = e.principal(&deployer, "b", &["builder"]).await;
     e.publish(
         &builder,
-        "fixture-greeter-v1",
+        "fixture_greeter_v1",
         "tools/fixtures/greeter-v1/tool.toml",
     )
     .await;
     e.publish(
         &builder,
-        "fixture-greeter-v2",
+        "fixture_greeter_v2",
         "tools/fixtures/greeter-v2/tool.toml",
     )
     .await;
@@ -650,7 +650,7 @@ async fn a_tampered_stored_component_is_refused_not_run() {
     let builder = e.principal(&deployer, "b", &["builder"]).await;
     e.publish(
         &builder,
-        "fixture-greeter-v1",
+        "fixture_greeter_v1",
         "tools/fixtures/greeter-v1/tool.toml",
     )
     .await;
@@ -690,7 +690,7 @@ async fn a_grant_wider_than_the_manifest_is_refused_naming_the_excess() {
         .await;
     e.publish(
         &builder,
-        "fixture-greeter-v1",
+        "fixture_greeter_v1",
         "tools/fixtures/greeter-v1/tool.toml",
     )
     .await;
@@ -765,7 +765,7 @@ async fn revoked_and_expired_grants_deny_the_next_call() {
     let builder = e.principal(&deployer, "b", &["builder"]).await;
     e.publish(
         &builder,
-        "fixture-greeter-v1",
+        "fixture_greeter_v1",
         "tools/fixtures/greeter-v1/tool.toml",
     )
     .await;
@@ -846,7 +846,7 @@ async fn suspended_decommissioned_and_overdue_agents_are_refused() {
     let builder = e.principal(&deployer, "b", &["builder"]).await;
     e.publish(
         &builder,
-        "fixture-greeter-v1",
+        "fixture_greeter_v1",
         "tools/fixtures/greeter-v1/tool.toml",
     )
     .await;
@@ -1000,7 +1000,7 @@ async fn idle_agents_are_flagged() {
     let builder = e.principal(&deployer, "b", &["builder"]).await;
     e.publish(
         &builder,
-        "fixture-greeter-v1",
+        "fixture_greeter_v1",
         "tools/fixtures/greeter-v1/tool.toml",
     )
     .await;
@@ -1040,7 +1040,7 @@ async fn tokens_are_scoped_to_their_tenant_tools_and_lifetime() {
     let builder = e.principal(&acme, "b", &["builder"]).await;
     e.publish(
         &builder,
-        "fixture-greeter-v1",
+        "fixture_greeter_v1",
         "tools/fixtures/greeter-v1/tool.toml",
     )
     .await;
