@@ -7,6 +7,14 @@ cd "$(dirname "$0")/.."
 echo "== setup"
 # Listing the target in rust-toolchain.toml does not install it; this does (idempotent).
 rustup target add wasm32-wasip2
+# The official Python MCP client for the MCP tests, in a venv inside the build
+# tree (created once; the tests create it themselves when run without this).
+if [ ! -x target/py-venv/bin/python ]; then
+    rm -rf target/py-venv.setup
+    python3 -m venv target/py-venv.setup
+    target/py-venv.setup/bin/pip install --quiet --disable-pip-version-check mcp==2.3.0
+    mkdir -p target && mv target/py-venv.setup target/py-venv
+fi
 
 echo "== format"
 cargo fmt --all -- --check

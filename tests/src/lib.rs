@@ -145,3 +145,39 @@ pub fn http_server() -> SocketAddr {
     });
     addr
 }
+
+/// The Python interpreter of the test venv (`target/py-venv`) with the
+/// official MCP client (`mcp==2.3.0`) installed. `tests/run.sh` creates it
+/// before the tests run; when it is missing (a test run directly with cargo),
+/// this creates it under a temporary name and renames it into place, so
+/// concurrent test processes cannot see a half-built venv.
+pub fn python_with_mcp() -> PathBuf {
+    let venv = root().join("target/py-venv");
+    let python = venv.join("bin/python");
+    if python.is_file() {
+        return python;
+    }
+    let tmp = root().join(format!("target/py-venv.tmp-{}", std::process::id()));
+    let run = |cmd: &mut std::process::Command| {
+        let out = cmd.output().expect("run python");
+        assert!(
+            out.status.success(),
+            "{cmd:?} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(std::process::Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&tmp));
+    run(std::process::Command::new(tmp.join("bin/pip")).args([
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "mcp==2.3.0",
+    ]));
+    if std::fs::rename(&tmp, &venv).is_err() {
+        // Another process won the race; use its venv.
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    python
+}

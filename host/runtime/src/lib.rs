@@ -111,6 +111,7 @@ pub struct Runtime {
     cache: Option<tool::DiskCache>,
     linkers: Mutex<HashMap<BTreeSet<Capability>, Arc<Linker<CallState>>>>,
     slots: tokio::sync::Semaphore,
+    max_concurrent: usize,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -162,6 +163,26 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The outcome's name as serialized (`ok`, `not_granted`, ...), for
+    /// metrics labels and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::InvalidInput { .. } => "invalid_input",
+            Outcome::Failed { .. } => "failed",
+            Outcome::Denied { .. } => "denied",
+            Outcome::UnknownAction { .. } => "unknown_action",
+            Outcome::NotGranted { .. } => "not_granted",
+            Outcome::OutOfFuel { .. } => "out_of_fuel",
+            Outcome::Deadline { .. } => "deadline",
+            Outcome::MemoryLimit { .. } => "memory_limit",
+            Outcome::StackOverflow => "stack_overflow",
+            Outcome::OutputTooLarge { .. } => "output_too_large",
+            Outcome::InvalidOutput { .. } => "invalid_output",
+            Outcome::Trap { .. } => "trap",
+        }
+    }
+
     /// A one-line reason, lowercase, for logs and the CLI.
     pub fn reason(&self) -> String {
         match self {
@@ -229,7 +250,13 @@ impl Runtime {
             cache,
             linkers: Mutex::new(HashMap::new()),
             slots: tokio::sync::Semaphore::new(config.max_concurrent as usize),
+            max_concurrent: config.max_concurrent as usize,
         })
+    }
+
+    /// Calls running wasm right now (holding a concurrency slot).
+    pub fn in_flight(&self) -> usize {
+        self.max_concurrent - self.slots.available_permits()
     }
 
     /// The wasmtime engine (for benchmarks and embedding).

@@ -235,6 +235,17 @@ impl Warden {
         (self.clock)()
     }
 
+    /// Wasm calls running right now.
+    pub fn calls_in_flight(&self) -> usize {
+        self.runtime.in_flight()
+    }
+
+    /// Whether the store answers (readiness).
+    pub async fn ready(&self) -> Result<()> {
+        self.store.tenant_names().await?;
+        Ok(())
+    }
+
     /// The data directory.
     pub fn data_dir(&self) -> &std::path::Path {
         &self.data_dir

@@ -59,7 +59,20 @@ enum Command {
     },
     /// Open (on first start: create) the data directory, print the one-time
     /// admin key on first start, and keep agents' renewal state current.
-    Serve,
+    Serve {
+        /// Address to listen on (loopback by default).
+        #[arg(long, default_value = "127.0.0.1:7070", env = "WARDEN_LISTEN")]
+        listen: String,
+        /// A browser origin allowed to call /mcp (repeat). Without any, every
+        /// request carrying an Origin header is refused.
+        #[arg(long = "allowed-origin")]
+        allowed_origins: Vec<String>,
+    },
+    /// (agent) Serve MCP over stdin/stdout for the token's agent.
+    Mcp {
+        #[arg(long, env = "WARDEN_TOKEN", hide_env_values = true)]
+        token: String,
+    },
     /// Tenants and their settings.
     #[command(subcommand)]
     Tenant(ops::TenantCmd),
@@ -128,13 +141,21 @@ mod exit {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WARDEN_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WARDEN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // `WARDEN_LOG_FORMAT=json`: one JSON object per line, spans included, so
+    // a request's correlation id is on every line it caused.
+    if std::env::var("WARDEN_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        logs.json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init();
+    } else {
+        logs.init();
+    }
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -159,7 +180,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let common = &cli.common;
     let json = common.json;
     match cli.command {
-        Command::Serve => ops::serve(common).await,
+        Command::Serve {
+            listen,
+            allowed_origins,
+        } => ops::serve(common, &listen, allowed_origins).await,
+        Command::Mcp { token } => ops::mcp(common, token).await,
         Command::Tenant(c) => ops::tenant(common, c).await,
         Command::Principal(c) => ops::principal(common, c).await,
         Command::Tool(c) => ops::tool(common, c).await,

@@ -304,29 +304,67 @@ pub fn date(secs: i64) -> String {
     )
 }
 
-pub async fn serve(common: &Common) -> anyhow::Result<ExitCode> {
+pub async fn serve(
+    common: &Common,
+    listen: &str,
+    allowed_origins: Vec<String>,
+) -> anyhow::Result<ExitCode> {
     let opened = open(common).await?;
-    let w = opened.warden;
+    let w = std::sync::Arc::new(opened.warden);
     match &opened.bootstrap_key {
         Some(k) => announce_bootstrap(k, w.data_dir()),
         None => eprintln!(
-            "warden: data directory {} (admin key was shown on first start)",
+            "warden: data directory {} (the admin key was shown on the first start)",
             w.data_dir().display()
         ),
     }
-    eprintln!("warden: serving; renewal sweep every minute. Ctrl-C stops.");
-    let mut tick = tokio::time::interval(Duration::from_secs(60));
-    loop {
-        tokio::select! {
-            _ = tick.tick() => match w.sweep().await {
-                Ok(s) => for (tenant, agent) in s {
-                    tracing::warn!(%tenant, %agent, "agent suspended: renewal date passed");
-                },
-                Err(e) => tracing::error!(error = %e, "renewal sweep failed"),
-            },
-            _ = tokio::signal::ctrl_c() => break,
-        }
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    let addr = listener.local_addr()?;
+    let sweeper = {
+        let w = w.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                match w.sweep().await {
+                    Ok(s) => {
+                        for (tenant, agent) in s {
+                            tracing::warn!(%tenant, %agent, "agent suspended: renewal date passed");
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "renewal sweep failed"),
+                }
+            }
+        })
+    };
+    let state = warden_rpc::AppState::new(w.clone(), allowed_origins);
+    eprintln!(
+        "warden: serving on http://{addr} (API /v1, MCP /mcp, /metrics, /openapi.json). Ctrl-C stops."
+    );
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let served = warden_rpc::serve(listener, state, shutdown).await;
+    sweeper.abort();
+    w.close().await;
+    served.context("serving HTTP")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `warden mcp`: MCP over stdio for the agent whose token is given.
+pub async fn mcp(common: &Common, token: String) -> anyhow::Result<ExitCode> {
+    let opened = open(common).await?;
+    let w = std::sync::Arc::new(opened.warden);
+    // Refuse a bad token before speaking MCP at all.
+    if let Err(e) = w.authenticate_agent(&token).await {
+        return Ok(fail(&e));
     }
+    let state = warden_rpc::AppState::new(w.clone(), Vec::new());
+    warden_rpc::mcp::serve_stdio(state, token)
+        .await
+        .context("serving MCP on stdio")?;
     w.close().await;
     Ok(ExitCode::SUCCESS)
 }

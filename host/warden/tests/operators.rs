@@ -49,7 +49,7 @@ fn stdout(o: &Output) -> String {
 /// everything it printed on stderr.
 fn serve_once(data: &Path) -> String {
     let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
-        .arg("serve")
+        .args(["serve", "--listen", "127.0.0.1:0"])
         .env("WARDEN_DATA_DIR", data)
         .env("WARDEN_CACHE_DIR", root().join("target/warden-test-cache"))
         .stderr(Stdio::piped())

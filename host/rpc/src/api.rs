@@ -1,0 +1,573 @@
+//! The HTTP JSON API: agent endpoints (token, actions, invoke, invocations)
+//! and operator endpoints (everything the governance CLI does).
+//!
+//! Every handler authenticates first, then calls one `warden-service`
+//! operation. Tool outcomes are data in a 200 answer; only problems with the
+//! request itself (authentication, role, validation, unknown names) are HTTP
+//! errors.
+
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use warden_policy::{Grant, Limits};
+use warden_service::{AgentSession, Caller};
+
+use crate::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{ApiJson, Bearer};
+use crate::invocations::State as InvocationState;
+
+/// Longest a synchronous invoke waits before answering `running` with the
+/// invocation id (the call goes on; collect it with GET /v1/invocations/{id}).
+const MAX_WAIT_MS: u64 = 10 * 60 * 1000;
+/// Default wait of a synchronous invoke.
+const DEFAULT_WAIT_MS: u64 = 30_000;
+
+fn new_id() -> String {
+    let mut b = [0u8; 16];
+    // Invocation ids are not secrets (reads are checked against the agent),
+    // but unguessable ids avoid leaking call volume.
+    if getrandom::fill(&mut b).is_err() {
+        b = rand_fallback();
+    }
+    format!("inv_{}", hex::encode(b))
+}
+
+fn rand_fallback() -> [u8; 16] {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    n.to_le_bytes()
+}
+
+async fn agent(state: &AppState, token: &str) -> ApiResult<AgentSession> {
+    Ok(state.warden.authenticate_agent(token).await?)
+}
+
+async fn operator(state: &AppState, key: &str) -> ApiResult<Caller> {
+    Ok(state.warden.authenticate(key).await?)
+}
+
+// ---- health ----------------------------------------------------------------------
+
+pub async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+pub async fn readyz(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+    state.warden.ready().await?;
+    Ok(Json(json!({ "status": "ready" })))
+}
+
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(state.warden.calls_in_flight()),
+    )
+}
+
+// ---- agents ------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    credential: String,
+    #[serde(default)]
+    ttl_secs: Option<u64>,
+    #[serde(default)]
+    tools: Option<Vec<String>>,
+}
+
+pub async fn token(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<TokenRequest>,
+) -> ApiResult<Json<Value>> {
+    let t = state
+        .warden
+        .exchange_credential(
+            &req.credential,
+            req.ttl_secs.map(Duration::from_secs),
+            req.tools,
+        )
+        .await?;
+    Ok(Json(json!(t)))
+}
+
+pub async fn actions(State(state): State<AppState>, Bearer(t): Bearer) -> ApiResult<Json<Value>> {
+    let s = agent(&state, &t).await?;
+    Ok(Json(
+        json!({ "actions": state.warden.granted_actions(&s).await? }),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InvokeRequest {
+    tool: String,
+    action: String,
+    #[serde(default = "empty_object")]
+    input: Value,
+    /// Answer at once with the invocation id instead of waiting.
+    #[serde(default)]
+    r#async: bool,
+    /// How long a synchronous call waits for its answer (default 30 s).
+    #[serde(default)]
+    wait_ms: Option<u64>,
+}
+
+fn empty_object() -> Value {
+    json!({})
+}
+
+pub async fn invoke(
+    State(state): State<AppState>,
+    Bearer(t): Bearer,
+    ApiJson(req): ApiJson<InvokeRequest>,
+) -> ApiResult<axum::response::Response> {
+    let session = agent(&state, &t).await?;
+    let wait = Duration::from_millis(req.wait_ms.unwrap_or(DEFAULT_WAIT_MS).min(MAX_WAIT_MS));
+    let id = new_id();
+    let input = req.input.to_string();
+    if !req.r#async {
+        // The common case runs on this task: no spawn, no table entry unless
+        // the wait runs out.
+        let mut call = Box::pin(run_call(
+            state.clone(),
+            session.clone(),
+            req.tool,
+            req.action,
+            input,
+        ));
+        return match tokio::time::timeout(wait, &mut call).await {
+            Ok(report) => Ok(answer(&id, report?).into_response()),
+            Err(_) => {
+                state
+                    .invocations
+                    .start(&id, &session.tenant, &session.agent_id);
+                let st = state.clone();
+                let id2 = id.clone();
+                tokio::spawn(async move {
+                    match call.await {
+                        Ok(report) => st.invocations.complete(&id2, report),
+                        Err(e) => {
+                            tracing::warn!(error = ?e, "invocation failed after the wait");
+                            st.invocations.forget(&id2);
+                        }
+                    }
+                });
+                Ok((
+                    StatusCode::ACCEPTED,
+                    Json(json!({ "invocation_id": id, "status": "running" })),
+                )
+                    .into_response())
+            }
+        };
+    }
+    state
+        .invocations
+        .start(&id, &session.tenant, &session.agent_id);
+    let st = state.clone();
+    let id2 = id.clone();
+    tokio::spawn(async move {
+        match run_call(st.clone(), session, req.tool, req.action, input).await {
+            Ok(report) => st.invocations.complete(&id2, report),
+            Err(e) => {
+                tracing::warn!(error = ?e, "asynchronous invocation refused");
+                st.invocations.forget(&id2);
+            }
+        }
+    });
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "invocation_id": id, "status": "running" })),
+    )
+        .into_response())
+}
+
+/// Runs one call and records its metrics.
+pub(crate) async fn run_call(
+    state: AppState,
+    session: AgentSession,
+    tool: String,
+    action: String,
+    input: String,
+) -> ApiResult<warden_runtime::Report> {
+    let started = Instant::now();
+    let report = state
+        .warden
+        .invoke(&session, &tool, &action, &input)
+        .await?;
+    state
+        .metrics
+        .call(&session.tenant, &report, started.elapsed().as_secs_f64());
+    Ok(report)
+}
+
+fn answer(id: &str, report: warden_runtime::Report) -> Json<Value> {
+    let mut v = json!(report);
+    if let Some(o) = v.as_object_mut() {
+        o.insert("invocation_id".into(), json!(id));
+        o.insert("status".into(), json!("completed"));
+    }
+    Json(v)
+}
+
+pub async fn invocation(
+    State(state): State<AppState>,
+    Bearer(t): Bearer,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let s = agent(&state, &t).await?;
+    match state.invocations.get(&id, &s.tenant, &s.agent_id) {
+        Some(InvocationState::Running) => {
+            Ok(Json(json!({ "invocation_id": id, "status": "running" })))
+        }
+        Some(InvocationState::Completed { report }) => Ok(answer(&id, *report)),
+        None => Err(ApiError::not_found(format!("invocation `{id}` not found"))),
+    }
+}
+
+// ---- operators ---------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NameRequest {
+    name: String,
+}
+
+pub async fn create_tenant(
+    State(state): State<AppState>,
+    Bearer(k): Bearer,
+    ApiJson(req): ApiJson<NameRequest>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let c = operator(&state, &k).await?;
+    state.warden.create_tenant(&c, &req.name).await?;
+    Ok((StatusCode::CREATED, Json(json!({ "tenant": req.name }))))
+}
+
+pub async fn tenants(State(state): State<AppState>, Bearer(k): Bearer) -> ApiResult<Json<Value>> {
+    let c = operator(&state, &k).await?;
+    Ok(Json(json!({ "tenants": state.warden.tenants(&c).await? })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrincipalRequest {
+    name: String,
+    roles: Vec<String>,
+    #[serde(default)]
+    tenant: Option<String>,
+}
+
+pub async fn add_principal(
+    State(state): State<AppState>,
+    Bearer(k): Bearer,
+    ApiJson(req): ApiJson<PrincipalRequest>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let c = operator(&state, &k).await?;
+    let tenant = match (&req.tenant, &c) {
+        (Some(t), _) => t.clone(),
+        (None, Caller::Principal(p)) => p.tenant.clone(),
+        (None, Caller::Admin) => {
+            return Err(ApiError::bad_request(
+                "with the admin key, name the tenant in `tenant`",
+            ));
+        }
+    };
+    let (p, key) = state
+        .warden
+        .add_principal(&c, &tenant, &req.name, &req.roles)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "principal": p, "api_key": key })),
+    ))
+}
+
+pub async fn inventory(State(state): State<AppState>, Bearer(k): Bearer) -> ApiResult<Json<Value>> {
+    let c = operator(&state, &k).await?;
+    Ok(Json(json!(state.warden.inventory(&c).await?)))
+}
+
+pub async fn principals(
+    State(state): State<AppState>,
+    Bearer(k): Bearer,
+) -> ApiResult<Json<Value>> {
+    let c = operator(&state, &k).await?;
+    Ok(Json(
+        json!({ "principals": state.warden.inventory(&c).await?.principals }),
+    ))
+}
+
+pub async fn history(State(state): State<AppState>, Bearer(k): Bearer) -> ApiResult<Json<Value>> {
+    let c = operator(&state, &k).await?;
+    Ok(Json(json!({ "events": state.warden.events(&c).await? })))
+}
+
+pub async fn settings(State(state): State<AppState>, Bearer(k): Bearer) -> ApiResult<Json<Value>> {
+    let c = operator(&state, &k).await?;
+    Ok(Json(json!(state.warden.settings(&c).await?)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettingRequest {
+    value: String,
+}
+
+pub async fn set_setting(
+    State(state): State<AppState>,
+    Bearer(k): Bearer,
+    Path(key): Path<String>,
+    ApiJson(req): ApiJson<SettingRequest>,
+) -> ApiResult<Json<Value>> {
+    let c = operator(&state, &k).await?;
+    state.warden.set_setting(&c, &key, &req.value).await?;
+    Ok(Json(json!({ "setting": key, "value": req.value })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishRequest {
+    /// The `tool.toml` text.
+    manifest: String,
+    /// The component bytes, base64 (standard alphabet).
+    component_base64: String,
+}
+
+pub async fn publish(
+    State(state): State<AppState>,
+    Bearer(k): Bearer,
+    ApiJson(req): ApiJson<PublishRequest>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let c = operator(&state, &k).await?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(req.component_base64.as_bytes())
+        .map_err(|e| ApiError::bad_request(format!("component_base64 is not base64: {e}")))?;
+    let v = state.warden.publish_tool(&c, &bytes, &req.manifest).await?;
+    Ok((StatusCode::CREATED, Json(json!(v))))
+}
+
+pub async fn tools(State(state): State<AppState>, Bearer(k): Bearer) -> ApiResult<Json<Value>> {
+    let c = operator(&state, &k).await?;
+    Ok(Json(
+        json!({ "tools": state.warden.inventory(&c).await?.tools }),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployRequest {
+    version: String,
+}
+
+pub async fn deploy(
+    State(state): State<AppState>,
+    Bearer(k): Bearer,
+    Path(tool): Path<String>,
+    ApiJson(req): ApiJson<DeployRequest>,
+) -> ApiResult<Json<Value>> {
+    let c = operator(&state, &k).await?;
+    Ok(Json(json!(
+        state.warden.deploy_tool(&c, &tool, &req.version).await?
+    )))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    #[serde(default)]
+    to: Option<String>,
+}
+
+pub async fn rollback(
+    State(state): State<AppState>,
+    Bearer(k): Bearer,
+    Path(tool): Path<String>,
+    ApiJson(req): ApiJson<RollbackRequest>,
+) -> ApiResult<Json<Value>> {
+    let c = operator(&state, &k).await?;
+    Ok(Json(json!(
+        state
+            .warden
+            .rollback_tool(&c, &tool, req.to.as_deref())
+            .await?
+    )))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentRequest {
+    name: String,
+    purpose: String,
+    #[serde(default)]
+    owner: Option<String>,
+    #[serde(default)]
+    renew_days: Option<u32>,
+}
+
+pub async fn create_agent(
+    State(state): State<AppState>,
+    Bearer(k): Bearer,
+    ApiJson(req): ApiJson<AgentRequest>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let c = operator(&state, &k).await?;
+    let a = state
+        .warden
+        .create_agent(
+            &c,
+            &req.name,
+            &req.purpose,
+            req.owner.as_deref(),
+            req.renew_days,
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(json!(a))))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentChange {
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    days: Option<u32>,
+}
+
+pub async fn agent_change(
+    State(state): State<AppState>,
+    Bearer(k): Bearer,
+    Path((name, verb)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<Value>> {
+    let c = operator(&state, &k).await?;
+    // The body is optional here: empty means no reason and default days.
+    let req: AgentChange = if body.iter().all(u8::is_ascii_whitespace) {
+        AgentChange::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
+    };
+    let w = &state.warden;
+    let reason = req.reason.as_deref();
+    let a = match verb.as_str() {
+        "activate" => w.activate_agent(&c, &name).await?,
+        "suspend" => {
+            w.suspend_agent(&c, &name, reason.unwrap_or("suspended over the API"))
+                .await?
+        }
+        "renew" => w.renew_agent(&c, &name, req.days.unwrap_or(90)).await?,
+        "decommission" => {
+            w.decommission_agent(&c, &name, reason.unwrap_or("decommissioned over the API"))
+                .await?
+        }
+        other => {
+            return Err(ApiError::not_found(format!(
+                "no agent operation `{other}` (activate, suspend, renew, decommission)"
+            )));
+        }
+    };
+    Ok(Json(json!(a)))
+}
+
+pub async fn issue_credential(
+    State(state): State<AppState>,
+    Bearer(k): Bearer,
+    Path(name): Path<String>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let c = operator(&state, &k).await?;
+    let cred = state.warden.issue_credential(&c, &name).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "agent": name, "credential": cred })),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantRequest {
+    agent: String,
+    tool: String,
+    /// A grant in the grant-file TOML format (optional).
+    #[serde(default)]
+    grant_toml: Option<String>,
+    /// Granted actions (instead of `actions` in `grant_toml`).
+    #[serde(default)]
+    actions: Option<Vec<String>>,
+    #[serde(default)]
+    expires_in_days: Option<u32>,
+}
+
+pub async fn add_grant(
+    State(state): State<AppState>,
+    Bearer(k): Bearer,
+    ApiJson(req): ApiJson<GrantRequest>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let c = operator(&state, &k).await?;
+    let mut grant = match &req.grant_toml {
+        Some(t) => Grant::from_toml(t).map_err(|e| ApiError::bad_request(e.to_string()))?,
+        None => Grant::empty(Limits::STANDARD),
+    };
+    if let Some(a) = req.actions {
+        if grant.actions.is_some() {
+            return Err(ApiError::bad_request(
+                "give the actions either in grant_toml or in actions, not both",
+            ));
+        }
+        grant.actions = Some(a.into_iter().collect());
+    }
+    let g = state
+        .warden
+        .add_grant(&c, &req.agent, &req.tool, &grant, req.expires_in_days)
+        .await?;
+    Ok((StatusCode::CREATED, Json(json!(g))))
+}
+
+pub async fn revoke_grant(
+    State(state): State<AppState>,
+    Bearer(k): Bearer,
+    Path((agent, tool)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let c = operator(&state, &k).await?;
+    state.warden.revoke_grant(&c, &agent, &tool).await?;
+    Ok(Json(json!({ "revoked": { "agent": agent, "tool": tool } })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantQuery {
+    #[serde(default)]
+    agent: Option<String>,
+    #[serde(default)]
+    history: bool,
+}
+
+pub async fn grants(
+    State(state): State<AppState>,
+    Bearer(k): Bearer,
+    Query(q): Query<GrantQuery>,
+) -> ApiResult<Json<Value>> {
+    let c = operator(&state, &k).await?;
+    Ok(Json(json!({
+        "grants": state.warden.grants(&c, q.agent.as_deref(), q.history).await?
+    })))
+}
+
+/// The answer for a path no route serves.
+pub async fn no_route() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no_route",
+        "no such endpoint; see /openapi.json",
+    )
+}

@@ -1,0 +1,632 @@
+//! The HTTP JSON API: the agent path end to end, every documented route
+//! served, the error envelope for bad requests, and a randomized sweep over
+//! request inputs that must never produce a 5xx.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use base64::Engine as _;
+use serde_json::{Value, json};
+use tower::ServiceExt as _;
+use warden_service::{Config, Warden};
+use warden_tests::{guest, root};
+
+struct Api {
+    _dir: tempfile::TempDir,
+    router: axum::Router,
+    admin: String,
+    deployer: String,
+    builder: String,
+    /// acme's agent token (text granted).
+    token: String,
+    /// globex's deployer key.
+    other: String,
+}
+
+async fn call(
+    api: &Api,
+    method: Method,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    raw(
+        api,
+        method,
+        path,
+        bearer,
+        body.map(|b| b.to_string().into_bytes()),
+        "application/json",
+    )
+    .await
+}
+
+async fn raw(
+    api: &Api,
+    method: Method,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<Vec<u8>>,
+    content_type: &str,
+) -> (StatusCode, Value) {
+    let mut req = Request::builder().method(method).uri(path);
+    if let Some(b) = bearer {
+        req = req.header("authorization", format!("Bearer {b}"));
+    }
+    let req = match body {
+        Some(b) => req.header("content-type", content_type).body(Body::from(b)),
+        None => req.body(Body::empty()),
+    }
+    .expect("request");
+    let res = api.router.clone().oneshot(req).await.expect("answer");
+    let status = res.status();
+    let bytes = axum::body::to_bytes(res.into_body(), 64 << 20)
+        .await
+        .expect("body");
+    let v = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| json!({ "raw": String::from_utf8_lossy(&bytes) }));
+    (status, v)
+}
+
+async fn api() -> Api {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = Config::new(dir.path().to_owned());
+    config.cache_dir = Some(root().join("target/warden-test-cache"));
+    let opened = Warden::open(config).await.expect("open");
+    let admin = opened.bootstrap_key.expect("admin key");
+    let state = warden_rpc::AppState::new(Arc::new(opened.warden), Vec::new());
+    let mut a = Api {
+        _dir: dir,
+        router: warden_rpc::router(state),
+        admin: admin.clone(),
+        deployer: String::new(),
+        builder: String::new(),
+        token: String::new(),
+        other: String::new(),
+    };
+    for t in ["acme", "globex"] {
+        let (s, _) = call(
+            &a,
+            Method::POST,
+            "/v1/tenants",
+            Some(&admin),
+            Some(json!({"name": t})),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED);
+    }
+    let (s, v) = call(
+        &a,
+        Method::POST,
+        "/v1/principals",
+        Some(&admin),
+        Some(json!({"name": "alice", "roles": ["deployer", "viewer"], "tenant": "acme"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    a.deployer = v["api_key"].as_str().expect("key").to_owned();
+    let (_, v) = call(
+        &a,
+        Method::POST,
+        "/v1/principals",
+        Some(&admin),
+        Some(json!({"name": "gina", "roles": ["deployer", "viewer"], "tenant": "globex"})),
+    )
+    .await;
+    a.other = v["api_key"].as_str().expect("key").to_owned();
+    let (_, v) = call(
+        &a,
+        Method::POST,
+        "/v1/principals",
+        Some(&a.deployer.clone()),
+        Some(json!({"name": "bob", "roles": ["builder"]})),
+    )
+    .await;
+    a.builder = v["api_key"].as_str().expect("key").to_owned();
+    let component = base64::engine::general_purpose::STANDARD
+        .encode(std::fs::read(guest("text")).expect("component"));
+    let manifest = std::fs::read_to_string(root().join("tools/text/tool.toml")).expect("manifest");
+    let (s, v) = call(
+        &a,
+        Method::POST,
+        "/v1/tools",
+        Some(&a.builder.clone()),
+        Some(json!({"manifest": manifest, "component_base64": component})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let d = a.deployer.clone();
+    let (s, v) = call(
+        &a,
+        Method::POST,
+        "/v1/tools/text/deploy",
+        Some(&d),
+        Some(json!({"version": "0.1.0"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = call(
+        &a,
+        Method::POST,
+        "/v1/agents",
+        Some(&a.builder.clone()),
+        Some(json!({"name": "bot", "purpose": "api test"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, v) = call(&a, Method::POST, "/v1/agents/bot/activate", Some(&d), None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = call(
+        &a,
+        Method::POST,
+        "/v1/grants",
+        Some(&d),
+        Some(json!({"agent": "bot", "tool": "text", "actions": ["word_count"]})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, v) = call(
+        &a,
+        Method::POST,
+        "/v1/agents/bot/credentials",
+        Some(&d),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let cred = v["credential"].as_str().expect("credential").to_owned();
+    let (s, v) = call(
+        &a,
+        Method::POST,
+        "/v1/token",
+        None,
+        Some(json!({"credential": cred})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    a.token = v["token"].as_str().expect("token").to_owned();
+    a
+}
+
+#[tokio::test]
+async fn agents_invoke_synchronously_and_asynchronously() {
+    let a = api().await;
+    let t = a.token.clone();
+    let (s, v) = call(&a, Method::GET, "/v1/actions", Some(&t), None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["actions"].as_array().expect("actions").len(), 1);
+    // allowed
+    let (s, v) = call(
+        &a,
+        Method::POST,
+        "/v1/invoke",
+        Some(&t),
+        Some(json!({"tool": "text", "action": "word_count", "input": {"text": "a b"}})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        (v["status"].as_str(), v["outcome"].as_str()),
+        (Some("completed"), Some("ok"))
+    );
+    assert_eq!(v["output"]["words"], 2);
+    // denied and invalid input are data in a 200 answer
+    let (s, v) = call(
+        &a,
+        Method::POST,
+        "/v1/invoke",
+        Some(&t),
+        Some(json!({"tool": "text", "action": "regex_extract", "input": {}})),
+    )
+    .await;
+    assert_eq!(
+        (s, v["outcome"].as_str()),
+        (StatusCode::OK, Some("not_granted")),
+        "{v}"
+    );
+    let (s, v) = call(
+        &a,
+        Method::POST,
+        "/v1/invoke",
+        Some(&t),
+        Some(json!({"tool": "text", "action": "word_count", "input": {"txt": 1}})),
+    )
+    .await;
+    assert_eq!(
+        (s, v["outcome"].as_str()),
+        (StatusCode::OK, Some("invalid_input")),
+        "{v}"
+    );
+    let (s, v) = call(
+        &a,
+        Method::POST,
+        "/v1/invoke",
+        Some(&t),
+        Some(json!({"tool": "nope", "action": "x"})),
+    )
+    .await;
+    assert_eq!(
+        (s, v["outcome"].as_str()),
+        (StatusCode::OK, Some("not_granted")),
+        "{v}"
+    );
+    // asynchronous: an id now, the report later
+    let (s, v) = call(
+        &a,
+        Method::POST,
+        "/v1/invoke",
+        Some(&t),
+        Some(
+            json!({"tool": "text", "action": "word_count", "input": {"text": "x"}, "async": true}),
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let id = v["invocation_id"].as_str().expect("id").to_owned();
+    let mut done = Value::Null;
+    for _ in 0..200 {
+        let (s, v) = call(
+            &a,
+            Method::GET,
+            &format!("/v1/invocations/{id}"),
+            Some(&t),
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+        if v["status"] == "completed" {
+            done = v;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(done["output"]["words"], 1, "{done}");
+    // another tenant's principal cannot read it, nor an unknown id
+    let (s, _) = call(
+        &a,
+        Method::GET,
+        &format!("/v1/invocations/{id}"),
+        Some(&a.other.clone()),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, v) = call(&a, Method::GET, "/v1/invocations/inv_00", Some(&t), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    // metrics count the calls
+    let (s, v) = call(&a, Method::GET, "/metrics", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    let text = v["raw"].as_str().expect("text");
+    assert!(
+        text.contains("warden_calls_total{tool=\"text\",outcome=\"ok\"}"),
+        "{text}"
+    );
+    assert!(text.contains("warden_denials_total"), "{text}");
+    assert!(
+        text.contains("warden_call_duration_seconds_bucket"),
+        "{text}"
+    );
+}
+
+/// (method, path, bearer, body, content type, expected status)
+type Case = (
+    Method,
+    &'static str,
+    Option<String>,
+    Option<Vec<u8>>,
+    &'static str,
+    StatusCode,
+);
+
+#[tokio::test]
+async fn bad_requests_get_the_right_4xx_in_one_envelope() {
+    let a = api().await;
+    let t = a.token.clone();
+    let d = a.deployer.clone();
+    let cases: Vec<Case> = vec![
+        (
+            Method::POST,
+            "/v1/invoke",
+            Some(t.clone()),
+            Some(b"{not json".to_vec()),
+            "application/json",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::POST,
+            "/v1/invoke",
+            Some(t.clone()),
+            Some(b"{}".to_vec()),
+            "text/plain",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            Method::POST,
+            "/v1/invoke",
+            Some(t.clone()),
+            Some(br#"{"tool": 1}"#.to_vec()),
+            "application/json",
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            Method::POST,
+            "/v1/invoke",
+            Some(t.clone()),
+            Some(vec![b' '; 2 << 20]),
+            "application/json",
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+        (
+            Method::POST,
+            "/v1/invoke",
+            None,
+            Some(b"{}".to_vec()),
+            "application/json",
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            Method::POST,
+            "/v1/invoke",
+            Some("wdn_tok_acme_00".into()),
+            Some(br#"{"tool":"text","action":"word_count"}"#.to_vec()),
+            "application/json",
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            Method::GET,
+            "/v1/actions",
+            Some(d.clone()),
+            None,
+            "",
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            Method::GET,
+            "/v1/inventory",
+            Some(t.clone()),
+            None,
+            "",
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            Method::GET,
+            "/v1/inventory",
+            Some(a.builder.clone()),
+            None,
+            "",
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            Method::POST,
+            "/v1/tenants",
+            Some(d.clone()),
+            Some(br#"{"name":"x"}"#.to_vec()),
+            "application/json",
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            Method::POST,
+            "/v1/tools/text/deploy",
+            Some(a.other.clone()),
+            Some(br#"{"version":"0.1.0"}"#.to_vec()),
+            "application/json",
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            Method::DELETE,
+            "/v1/grants/bot/text",
+            Some(a.other.clone()),
+            None,
+            "",
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            Method::POST,
+            "/v1/agents/bot/credentials",
+            Some(a.other.clone()),
+            None,
+            "",
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            Method::POST,
+            "/v1/agents/bot/explode",
+            Some(d.clone()),
+            None,
+            "",
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            Method::POST,
+            "/v1/tools",
+            Some(a.builder.clone()),
+            Some(br#"{"manifest":"x","component_base64":"!!"}"#.to_vec()),
+            "application/json",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::POST,
+            "/v1/grants",
+            Some(d.clone()),
+            Some(br#"{"agent":"bot","tool":"text","actions":["rm_rf"]}"#.to_vec()),
+            "application/json",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::GET,
+            "/v1/nothing-here",
+            None,
+            None,
+            "",
+            StatusCode::NOT_FOUND,
+        ),
+    ];
+    for (method, path, bearer, body, ct, want) in cases {
+        let (s, v) = raw(&a, method.clone(), path, bearer.as_deref(), body, ct).await;
+        assert_eq!(s, want, "{method} {path}: {v}");
+        let code = v["error"]["code"].as_str();
+        let message = v["error"]["message"].as_str();
+        assert!(
+            code.is_some() && message.is_some(),
+            "{method} {path}: not the envelope: {v}"
+        );
+        // No data from elsewhere: another tenant's names only ever read as unknown.
+        assert!(
+            !v.to_string().contains("acme") || path == "/v1/invoke",
+            "{v}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn every_documented_route_is_served() {
+    let a = api().await;
+    let doc = warden_rpc::openapi_document();
+    let (s, served) = call(&a, Method::GET, "/openapi.json", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(served, doc);
+    for (method, path, _, _) in warden_rpc::ROUTES {
+        let concrete = path
+            .replace("{id}", "inv_0")
+            .replace("{key}", "idle_days")
+            .replace("{tool}", "text")
+            .replace("{name}", "bot")
+            .replace("{verb}", "renew")
+            .replace("{agent}", "bot");
+        let m = Method::from_bytes(method.to_uppercase().as_bytes()).expect("method");
+        let (s, v) = call(&a, m, &concrete, None, None).await;
+        assert_ne!(s, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+        assert_ne!(
+            v["error"]["code"], "no_route",
+            "{method} {path} is documented but not routed"
+        );
+        assert!(doc["paths"][path][method].is_object());
+    }
+    // Every route in the router source is documented.
+    let src = std::fs::read_to_string(root().join("host/rpc/src/lib.rs")).expect("source");
+    for line in src
+        .lines()
+        .filter(|l| l.trim_start().starts_with(".route(\""))
+    {
+        let path = line.split('"').nth(1).expect("path");
+        assert!(
+            warden_rpc::ROUTES.iter().any(|(_, p, _, _)| *p == path),
+            "route {path} is not in the OpenAPI document"
+        );
+    }
+}
+
+/// A small deterministic generator (xorshift), so failures reproduce.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
+        &xs[(self.next() % xs.len() as u64) as usize]
+    }
+    fn word<'a>(&mut self, xs: &[&'a str]) -> &'a str {
+        xs[(self.next() % xs.len() as u64) as usize]
+    }
+}
+
+#[tokio::test]
+async fn random_api_inputs_never_cause_a_server_error() {
+    let a = api().await;
+    let mut rng = Rng(0x5eed_cafe_f00d_1234);
+    let bearers = [
+        None,
+        Some(a.token.clone()),
+        Some(a.deployer.clone()),
+        Some(a.builder.clone()),
+        Some(a.other.clone()),
+        Some(a.admin.clone()),
+        Some("wdn_key_acme_zz".to_owned()),
+        Some("wdn_tok_acme_\tzz".to_owned()),
+    ];
+    let scalars = [
+        json!(null),
+        json!(true),
+        json!(-1),
+        json!(1e308),
+        json!(""),
+        json!("x".repeat(300)),
+        json!("../../etc"),
+        json!("bot"),
+        json!("text"),
+        json!([]),
+        json!({}),
+        json!("0.1.0"),
+        json!(["word_count"]),
+        json!("\u{202e}"),
+    ];
+    let keys = [
+        "name",
+        "purpose",
+        "roles",
+        "tenant",
+        "tool",
+        "action",
+        "input",
+        "agent",
+        "actions",
+        "version",
+        "to",
+        "value",
+        "credential",
+        "ttl_secs",
+        "tools",
+        "async",
+        "wait_ms",
+        "manifest",
+        "component_base64",
+        "grant_toml",
+        "expires_in_days",
+        "reason",
+        "days",
+        "owner",
+    ];
+    for i in 0..600 {
+        let (method, path, _, _) = *rng.pick(warden_rpc::ROUTES);
+        let concrete = path
+            .replace("{id}", rng.word(&["inv_0", "x", "%00", "..%2F"]))
+            .replace("{key}", rng.word(&["idle_days", "allow_self_deploy", "x"]))
+            .replace("{tool}", rng.word(&["text", "nope", "a%20b"]))
+            .replace("{name}", rng.word(&["bot", "ghost", "%FF"]))
+            .replace(
+                "{verb}",
+                rng.word(&["renew", "activate", "suspend", "decommission", "fly"]),
+            )
+            .replace("{agent}", rng.word(&["bot", "ghost"]));
+        let mut body = serde_json::Map::new();
+        for _ in 0..(rng.next() % 5) {
+            body.insert((*rng.pick(&keys)).to_owned(), rng.pick(&scalars).clone());
+        }
+        let body = match rng.next() % 4 {
+            0 => None,
+            1 => Some(b"{\"a\":".to_vec()),
+            _ => Some(Value::Object(body).to_string().into_bytes()),
+        };
+        let bearer = rng.pick(&bearers).clone();
+        let m = Method::from_bytes(method.to_uppercase().as_bytes()).expect("method");
+        let (s, v) = raw(
+            &a,
+            m,
+            &concrete,
+            bearer.as_deref(),
+            body.clone(),
+            "application/json",
+        )
+        .await;
+        assert!(
+            !s.is_server_error(),
+            "case {i}: {method} {concrete} body {:?} → {s} {v}",
+            body.map(|b| String::from_utf8_lossy(&b).into_owned())
+        );
+    }
+}
