@@ -46,7 +46,15 @@ pub struct AgentSession {
     pub tools: Option<Vec<String>>,
     pub expires_at: i64,
     token_hash: String,
+    last_active_at: Option<i64>,
+    /// When this session was checked against the store.
+    checked_at: std::time::Instant,
 }
+
+/// A session checked this recently is not re-checked by [`Warden::invoke`]:
+/// it was authenticated by the same request. Longer-lived sessions (MCP stdio)
+/// are re-checked on every call, so revocation still applies to the next call.
+const FRESH: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// One action an agent may call.
 #[derive(Debug, Clone, Serialize)]
@@ -175,6 +183,8 @@ impl Warden {
             tools: record.tools,
             expires_at: record.expires_at,
             token_hash: token_hash.to_owned(),
+            last_active_at: agent.last_active_at,
+            checked_at: std::time::Instant::now(),
         })
     }
 
@@ -256,7 +266,11 @@ impl Warden {
         action: &str,
         input: &str,
     ) -> Result<Report> {
-        let session = self.session(&session.tenant, &session.token_hash).await?;
+        let session = if session.checked_at.elapsed() < FRESH {
+            session.clone()
+        } else {
+            self.session(&session.tenant, &session.token_hash).await?
+        };
         let store = self.store.tenant(&session.tenant).await?;
         let (grant, component) = match self.resolve(&store, &session, tool).await? {
             Resolved::Refused(reason) => {
@@ -290,10 +304,9 @@ impl Warden {
     /// not fail the call that already ran; it is logged.
     async fn touch(&self, store: &TenantStore, session: &AgentSession) {
         let now = self.now();
-        let stale = match store.agent_by_id(&session.agent_id).await {
-            Ok(a) => a.last_active_at.is_none_or(|t| now - t >= TOUCH_EVERY_SECS),
-            Err(_) => true,
-        };
+        let stale = session
+            .last_active_at
+            .is_none_or(|t| now - t >= TOUCH_EVERY_SECS);
         if stale && let Err(e) = store.touch_agent(&session.agent_id, now).await {
             tracing::warn!(error = %e, agent = %session.agent, "cannot record agent activity");
         }

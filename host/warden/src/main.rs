@@ -5,6 +5,7 @@
 //! operators and agents: `warden serve` and the governance commands in `ops`,
 //! which work on a data directory.
 
+mod bench;
 mod ops;
 
 use std::collections::BTreeMap;
@@ -67,6 +68,31 @@ enum Command {
         /// request carrying an Origin header is refused.
         #[arg(long = "allowed-origin")]
         allowed_origins: Vec<String>,
+    },
+    /// Load test a server: N concurrent clients calling one action over HTTP
+    /// (`--url`) or over MCP stdio (a `warden mcp` it starts), for a bounded
+    /// time and count. Prints throughput and latency percentiles as JSON.
+    Bench {
+        /// Base URL of `warden serve`; without it, MCP over stdio.
+        #[arg(long)]
+        url: Option<String>,
+        #[arg(long, env = "WARDEN_TOKEN", hide_env_values = true)]
+        token: String,
+        #[arg(long, default_value = "text")]
+        tool: String,
+        #[arg(long, default_value = "word_count")]
+        action: String,
+        #[arg(long, default_value = r#"{"text": "the quick brown fox"}"#)]
+        input: String,
+        /// Concurrent clients (HTTP) or requests in flight (MCP).
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Seconds to run at most.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Calls to make at most.
+        #[arg(long, default_value_t = 1_000_000)]
+        count: u64,
     },
     /// (agent) Serve MCP over stdin/stdout for the token's agent.
     Mcp {
@@ -185,6 +211,29 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             allowed_origins,
         } => ops::serve(common, &listen, allowed_origins).await,
         Command::Mcp { token } => ops::mcp(common, token).await,
+        Command::Bench {
+            url,
+            token,
+            tool,
+            action,
+            input,
+            concurrency,
+            seconds,
+            count,
+        } => {
+            bench::run(bench::Bench {
+                url,
+                token,
+                tool,
+                action,
+                input,
+                concurrency,
+                duration: std::time::Duration::from_secs(seconds),
+                max_calls: count,
+            })
+            .await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Tenant(c) => ops::tenant(common, c).await,
         Command::Principal(c) => ops::principal(common, c).await,
         Command::Tool(c) => ops::tool(common, c).await,
