@@ -134,23 +134,30 @@ pub async fn invoke(
     Bearer(t): Bearer,
     ApiJson(req): ApiJson<InvokeRequest>,
 ) -> ApiResult<axum::response::Response> {
-    let session = agent(&state, &t).await?;
     let wait = Duration::from_millis(req.wait_ms.unwrap_or(DEFAULT_WAIT_MS).min(MAX_WAIT_MS));
     let id = new_id();
     let input = req.input.to_string();
     if !req.r#async {
-        // The common case runs on this task: no spawn, no table entry unless
-        // the wait runs out.
-        let mut call = Box::pin(run_call(
+        // The common case runs on this task: one authentication, no spawn, no
+        // table entry unless the wait runs out.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut call = Box::pin(authenticated_call(
             state.clone(),
-            session.clone(),
+            t,
             req.tool,
             req.action,
             input,
+            tx,
         ));
         return match tokio::time::timeout(wait, &mut call).await {
             Ok(report) => Ok(answer(&id, report?).into_response()),
             Err(_) => {
+                // Authentication finished long ago: the session is known.
+                let session = rx.await.map_err(|_| {
+                    ApiError::from(warden_service::Error::Internal(
+                        "call lost its session".into(),
+                    ))
+                })?;
                 state
                     .invocations
                     .start(&id, &session.tenant, &session.agent_id);
@@ -173,6 +180,7 @@ pub async fn invoke(
             }
         };
     }
+    let session = agent(&state, &t).await?;
     state
         .invocations
         .start(&id, &session.tenant, &session.agent_id);
@@ -194,7 +202,8 @@ pub async fn invoke(
         .into_response())
 }
 
-/// Runs one call and records its metrics.
+/// Runs one call for a session authenticated by this same request, and
+/// records its metrics.
 pub(crate) async fn run_call(
     state: AppState,
     session: AgentSession,
@@ -205,7 +214,30 @@ pub(crate) async fn run_call(
     let started = Instant::now();
     let report = state
         .warden
-        .invoke(&session, &tool, &action, &input)
+        .invoke_authenticated(&session, &tool, &action, &input)
+        .await?;
+    state
+        .metrics
+        .call(&session.tenant, &report, started.elapsed().as_secs_f64());
+    Ok(report)
+}
+
+/// Authenticates and runs one call; sends the session out as soon as it is
+/// known (the synchronous path needs it only if its wait runs out).
+async fn authenticated_call(
+    state: AppState,
+    token: String,
+    tool: String,
+    action: String,
+    input: String,
+    session_out: tokio::sync::oneshot::Sender<AgentSession>,
+) -> ApiResult<warden_runtime::Report> {
+    let started = Instant::now();
+    let session = state.warden.authenticate_agent(&token).await?;
+    let _ = session_out.send(session.clone());
+    let report = state
+        .warden
+        .invoke_authenticated(&session, &tool, &action, &input)
         .await?;
     state
         .metrics

@@ -47,14 +47,7 @@ pub struct AgentSession {
     pub expires_at: i64,
     token_hash: String,
     last_active_at: Option<i64>,
-    /// When this session was checked against the store.
-    checked_at: std::time::Instant,
 }
-
-/// A session checked this recently is not re-checked by [`Warden::invoke`]:
-/// it was authenticated by the same request. Longer-lived sessions (MCP stdio)
-/// are re-checked on every call, so revocation still applies to the next call.
-const FRESH: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// One action an agent may call.
 #[derive(Debug, Clone, Serialize)]
@@ -184,7 +177,6 @@ impl Warden {
             expires_at: record.expires_at,
             token_hash: token_hash.to_owned(),
             last_active_at: agent.last_active_at,
-            checked_at: std::time::Instant::now(),
         })
     }
 
@@ -266,11 +258,23 @@ impl Warden {
         action: &str,
         input: &str,
     ) -> Result<Report> {
-        let session = if session.checked_at.elapsed() < FRESH {
-            session.clone()
-        } else {
-            self.session(&session.tenant, &session.token_hash).await?
-        };
+        let session = self.session(&session.tenant, &session.token_hash).await?;
+        self.invoke_authenticated(&session, tool, action, input)
+            .await
+    }
+
+    /// Runs one action for a session that this same request has just
+    /// authenticated, without checking it again. Anything that keeps a session
+    /// across calls (an MCP stdio connection) must use [`Warden::invoke`],
+    /// which re-checks token and agent on every call.
+    pub async fn invoke_authenticated(
+        &self,
+        session: &AgentSession,
+        tool: &str,
+        action: &str,
+        input: &str,
+    ) -> Result<Report> {
+        let session = session.clone();
         let store = self.store.tenant(&session.tenant).await?;
         let (grant, component) = match self.resolve(&store, &session, tool).await? {
             Resolved::Refused(reason) => {
