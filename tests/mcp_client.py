@@ -39,6 +39,7 @@ async def main() -> None:
     token = os.environ["WARDEN_TOKEN"]
     out = {"tools": [], "results": []}
     async with Client(server(transport, token), mode=mode) as client:
+        out["protocol_version"] = str(client.session.protocol_version)
         listed = await client.list_tools()
         for t in listed.tools:
             out["tools"].append(

@@ -186,6 +186,15 @@ async fn python_client_lists_and_calls_over_stdio_and_http_in_both_modes() {
             let w = h.writer.clone();
             let r = tokio::task::block_in_place(|| python(&h, transport, mode, &w, calls.clone()));
             let ctx = format!("{transport}/{mode}");
+            // auto negotiates the current revision (no initialize); legacy uses
+            // the initialize handshake with the client's latest handshake-era
+            // revision. 2025-06-18 itself is pinned by the raw stdio test below.
+            let version = r["protocol_version"].as_str().expect("version");
+            if mode == "auto" {
+                assert_eq!(version, "2026-07-28", "{ctx}");
+            } else {
+                assert!(version.starts_with("2025-"), "{ctx}: {version}");
+            }
             assert_eq!(
                 names(&r),
                 [
@@ -295,7 +304,11 @@ async fn a_cancelled_stdio_call_stops_its_wasm_loop() {
             "clientInfo": {"name": "test", "version": "0"}}}),
     );
     stdout.read_line(&mut line).expect("initialize answer");
-    assert!(line.contains("\"result\""), "{line}");
+    let answer: Value = serde_json::from_str(&line).expect("JSON-RPC");
+    assert_eq!(
+        answer["result"]["protocolVersion"], "2025-06-18",
+        "the 2025-06-18 handshake is served: {line}"
+    );
     send(
         &mut stdin,
         json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
