@@ -103,14 +103,15 @@ async fn count(
 }
 
 /// Refuses an MCP HTTP request without a valid agent token before it reaches
-/// the MCP session machinery (401 in the error envelope).
+/// the MCP session machinery (401 in the error envelope), and hands the
+/// authenticated session on in the request's extensions.
 async fn mcp_auth(
     axum::extract::State(state): axum::extract::State<AppState>,
     req: Request,
     next: Next,
 ) -> Response {
     use axum::response::IntoResponse;
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let checked = match extract::bearer(&parts) {
         Ok(token) => state
             .warden
@@ -120,7 +121,12 @@ async fn mcp_auth(
         Err(e) => Err(e),
     };
     match checked {
-        Ok(_) => next.run(Request::from_parts(parts, body)).await,
+        Ok(session) => {
+            // The MCP handler reads the session from here instead of
+            // authenticating the same token a second time.
+            parts.extensions.insert(session);
+            next.run(Request::from_parts(parts, body)).await
+        }
         Err(e) => e.into_response(),
     }
 }

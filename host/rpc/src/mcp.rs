@@ -56,23 +56,24 @@ impl WardenMcp {
         }
     }
 
+    /// The agent of this request. stdio re-authenticates its one token on
+    /// every request; HTTP takes the session `mcp_auth` authenticated for this
+    /// very request.
     async fn session(&self, ctx: &RequestContext<RoleServer>) -> Result<AgentSession, McpError> {
-        let token = match &self.auth {
-            Auth::Fixed(t) => t.clone(),
-            Auth::PerRequest => {
-                let parts = ctx
-                    .extensions
-                    .get::<axum::http::request::Parts>()
-                    .ok_or_else(|| McpError::invalid_request("no HTTP request context", None))?;
-                crate::extract::bearer(parts)
-                    .map_err(|e| McpError::invalid_request(e.message, None))?
-            }
-        };
-        self.state
-            .warden
-            .authenticate_agent(&token)
-            .await
-            .map_err(|e| McpError::invalid_request(e.to_string(), None))
+        match &self.auth {
+            Auth::Fixed(token) => self
+                .state
+                .warden
+                .authenticate_agent(token)
+                .await
+                .map_err(|e| McpError::invalid_request(e.to_string(), None)),
+            Auth::PerRequest => ctx
+                .extensions
+                .get::<axum::http::request::Parts>()
+                .and_then(|parts| parts.extensions.get::<AgentSession>())
+                .cloned()
+                .ok_or_else(|| McpError::invalid_request("request not authenticated", None)),
+        }
     }
 }
 

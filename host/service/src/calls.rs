@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use warden_policy::{Classification, Effect, Grant};
+use warden_policy::{Classification, Effect, Grant, Manifest};
 use warden_runtime::{Backends, Call, Outcome, Report, Tool};
 use warden_store::{TenantStore, TokenRecord};
 
@@ -84,7 +84,11 @@ fn refused(tool: &str, action: &str, reason: String) -> Report {
 
 /// What resolving a call produced: a runnable grant, or why not.
 enum Resolved {
-    Run { grant: Arc<Grant>, tool: Arc<Tool> },
+    Run {
+        grant: Arc<Grant>,
+        tool: Arc<Tool>,
+        manifest: Box<Manifest>,
+    },
     Refused(String),
 }
 
@@ -217,19 +221,19 @@ impl Warden {
         for g in store.grants(Some(&session.agent_id), false).await? {
             match self.resolve(&store, &session, &g.tool).await? {
                 Resolved::Refused(_) => continue,
-                Resolved::Run { grant, tool } => {
-                    let live = store.live_version(&g.tool).await?;
-                    let manifest = match &live {
-                        Some(v) => Some(parse_manifest(v)?),
-                        None => None,
-                    };
+                Resolved::Run {
+                    grant,
+                    tool,
+                    manifest,
+                } => {
                     for a in &tool.info().actions {
                         if !grant.allows_action(&a.name) {
                             continue;
                         }
                         let classification = manifest
-                            .as_ref()
-                            .and_then(|m| m.actions.iter().find(|m| m.name == a.name))
+                            .actions
+                            .iter()
+                            .find(|m| m.name == a.name)
                             .map_or(Classification::Restricted, |m| m.classification);
                         out.push(GrantedAction {
                             tool: g.tool.clone(),
@@ -281,7 +285,7 @@ impl Warden {
                 tracing::info!(tenant = %session.tenant, agent = %session.agent, tool, action, %reason, "call refused");
                 return Ok(refused(tool, action, reason));
             }
-            Resolved::Run { grant, tool } => (grant, tool),
+            Resolved::Run { grant, tool, .. } => (grant, tool),
         };
         if !grant.allows_action(action) {
             return Ok(refused(
@@ -373,6 +377,7 @@ impl Warden {
         Ok(Resolved::Run {
             grant: Arc::new(grant),
             tool: component,
+            manifest: Box::new(manifest),
         })
     }
 

@@ -535,7 +535,10 @@ pub async fn tool(common: &Common, cmd: ToolCmd) -> anyhow::Result<ExitCode> {
                 Err(e) => Err(e),
             }
         }
-        (ToolCmd::List, _) | (ToolCmd::Publish { .. }, None) => match w.inventory(caller).await {
+        (ToolCmd::Publish { .. }, None) => {
+            Err(Error::Invalid("no component to publish".into()))
+        }
+        (ToolCmd::List, _) => match w.inventory(caller).await {
             Ok(inv) if json => print_json(&inv.tools),
             Ok(inv) => {
                 let mut rows = Vec::new();
