@@ -630,3 +630,123 @@ async fn random_api_inputs_never_cause_a_server_error() {
         );
     }
 }
+
+/// A log sink the test can read back.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// One correlation id runs from the agent's request through the call and its
+/// import calls: it is echoed in the header, carried in the report, and on the
+/// log line of every guarded import.
+#[tokio::test]
+async fn one_correlation_id_runs_from_the_request_through_the_imports() {
+    let logs = Captured::default();
+    let sink = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || sink.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let a = api().await;
+    // The kv tool, granted to the same agent: its calls make import calls.
+    let component = base64::engine::general_purpose::STANDARD
+        .encode(std::fs::read(guest("kv")).expect("component"));
+    let manifest = std::fs::read_to_string(root().join("tools/kv/tool.toml")).expect("manifest");
+    let (s, v) = call(
+        &a,
+        Method::POST,
+        "/v1/tools",
+        Some(&a.builder),
+        Some(json!({"manifest": manifest, "component_base64": component})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, v) = call(
+        &a,
+        Method::POST,
+        "/v1/tools/kv/deploy",
+        Some(&a.deployer),
+        Some(json!({"version": "0.1.0"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = call(
+        &a,
+        Method::POST,
+        "/v1/grants",
+        Some(&a.deployer),
+        Some(json!({"agent": "bot", "tool": "kv", "grant_toml": "[kv]\nnamespace = \"bot\"\nwrite = true\n"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let kv_token = a.token.clone();
+    let send = |id: Option<&'static str>| {
+        let mut req = Request::builder()
+            .method(Method::POST)
+            .uri("/v1/invoke")
+            .header("authorization", format!("Bearer {kv_token}"))
+            .header("content-type", "application/json");
+        if let Some(id) = id {
+            req = req.header("x-request-id", id);
+        }
+        req.body(Body::from(
+            json!({"tool": "kv", "action": "put", "input": {"key": "k", "value": "v"}}).to_string(),
+        ))
+        .expect("request")
+    };
+    // The client's id.
+    let res = a
+        .router
+        .clone()
+        .oneshot(send(Some("trace-7f3a")))
+        .await
+        .expect("answer");
+    assert_eq!(res.headers()["x-request-id"], "trace-7f3a");
+    let body = axum::body::to_bytes(res.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    let v: Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(v["outcome"], "ok", "{v}");
+    assert_eq!(v["correlation_id"], "trace-7f3a");
+    assert!(!v["imports"].as_array().expect("imports").is_empty(), "{v}");
+    // A fresh one when the client sends none: the same in header and report.
+    let res = a.router.clone().oneshot(send(None)).await.expect("answer");
+    let header = res.headers()["x-request-id"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    let body = axum::body::to_bytes(res.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    let v: Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(v["correlation_id"], header.as_str());
+
+    let text = String::from_utf8(logs.0.lock().expect("lock").clone()).expect("utf-8");
+    let imports: Vec<&str> = text.lines().filter(|l| l.contains("import call")).collect();
+    assert!(!imports.is_empty(), "no import log lines:\n{text}");
+    assert!(
+        imports
+            .iter()
+            .any(|l| l.contains("correlation_id=trace-7f3a")),
+        "import lines lack the correlation id:\n{}",
+        imports.join("\n")
+    );
+    assert!(
+        imports
+            .iter()
+            .any(|l| l.contains(&format!("correlation_id={header}"))),
+        "{}",
+        imports.join("\n")
+    );
+}

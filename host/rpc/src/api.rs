@@ -131,9 +131,11 @@ fn empty_object() -> Value {
 
 pub async fn invoke(
     State(state): State<AppState>,
+    rid: Option<axum::Extension<crate::RequestId>>,
     Bearer(t): Bearer,
     ApiJson(req): ApiJson<InvokeRequest>,
 ) -> ApiResult<axum::response::Response> {
+    let cid = rid.map(|r| r.0.0).unwrap_or_default();
     let wait = Duration::from_millis(req.wait_ms.unwrap_or(DEFAULT_WAIT_MS).min(MAX_WAIT_MS));
     let id = new_id();
     let input = req.input.to_string();
@@ -144,6 +146,7 @@ pub async fn invoke(
         let mut call = Box::pin(authenticated_call(
             state.clone(),
             t,
+            cid,
             req.tool,
             req.action,
             input,
@@ -180,7 +183,7 @@ pub async fn invoke(
             }
         };
     }
-    let session = agent(&state, &t).await?;
+    let session = agent(&state, &t).await?.correlated(cid);
     state
         .invocations
         .start(&id, &session.tenant, &session.agent_id);
@@ -227,13 +230,18 @@ pub(crate) async fn run_call(
 async fn authenticated_call(
     state: AppState,
     token: String,
+    correlation_id: String,
     tool: String,
     action: String,
     input: String,
     session_out: tokio::sync::oneshot::Sender<AgentSession>,
 ) -> ApiResult<warden_runtime::Report> {
     let started = Instant::now();
-    let session = state.warden.authenticate_agent(&token).await?;
+    let session = state
+        .warden
+        .authenticate_agent(&token)
+        .await?
+        .correlated(correlation_id);
     let _ = session_out.send(session.clone());
     let report = state
         .warden

@@ -61,10 +61,24 @@ impl AppState {
     }
 }
 
+/// The correlation id of one HTTP request (its `x-request-id`).
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+impl RequestId {
+    /// The id in these request extensions ("" when there is none).
+    pub fn of(extensions: &axum::http::Extensions) -> String {
+        extensions
+            .get::<RequestId>()
+            .map(|r| r.0.clone())
+            .unwrap_or_default()
+    }
+}
+
 /// Gives each request a correlation id (the client's `x-request-id` if it is
 /// short and printable, else a fresh one), runs it in a span carrying that id,
 /// and echoes it in the answer.
-async fn correlate(req: Request, next: Next) -> Response {
+async fn correlate(mut req: Request, next: Next) -> Response {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let given = req
         .headers()
@@ -80,6 +94,7 @@ async fn correlate(req: Request, next: Next) -> Response {
         )
     });
     let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path());
+    req.extensions_mut().insert(RequestId(id.clone()));
     let mut res = next.run(req).instrument(span).await;
     if let Ok(v) = axum::http::HeaderValue::from_str(&id) {
         res.headers_mut().insert("x-request-id", v);
@@ -124,6 +139,7 @@ async fn mcp_auth(
         Ok(session) => {
             // The MCP handler reads the session from here instead of
             // authenticating the same token a second time.
+            let session = session.correlated(RequestId::of(&parts.extensions));
             parts.extensions.insert(session);
             next.run(Request::from_parts(parts, body)).await
         }

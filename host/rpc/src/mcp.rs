@@ -66,6 +66,7 @@ impl WardenMcp {
                 .warden
                 .authenticate_agent(token)
                 .await
+                .map(|s| s.correlated(format!("mcp-{}-{}", std::process::id(), ctx.id)))
                 .map_err(|e| McpError::invalid_request(e.to_string(), None)),
             Auth::PerRequest => ctx
                 .extensions

@@ -233,6 +233,10 @@ pub struct Report {
     pub stdout: String,
     pub stderr: String,
     pub stdio_dropped: u64,
+    /// The request's correlation id (set by the host service; the runtime
+    /// leaves it empty). It is on every log line of the call and its imports.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub correlation_id: String,
 }
 
 impl Runtime {
@@ -410,6 +414,7 @@ impl Runtime {
             stdout: String::new(),
             stderr: String::new(),
             stdio_dropped: 0,
+            correlation_id: String::new(),
         };
         report.outcome = self
             .run(tool, grant, backends, call, started, &mut report)

@@ -11,7 +11,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use tracing::Instrument as _;
 use warden_policy::{Classification, Effect, Grant, Manifest};
 use warden_runtime::{Backends, Call, Outcome, Report, Tool};
 use warden_store::{TenantStore, TokenRecord};
@@ -27,7 +28,7 @@ use crate::{AgentRecord, AgentStatus, Error, MAX_TOKEN_TTL, Result, Warden};
 const TOUCH_EVERY_SECS: i64 = 60;
 
 /// A freshly issued access token (shown once).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AccessToken {
     pub token: String,
     pub tenant: String,
@@ -45,12 +46,35 @@ pub struct AgentSession {
     pub agent: String,
     pub tools: Option<Vec<String>>,
     pub expires_at: i64,
+    /// The correlation id of the request this session serves (the HTTP
+    /// `x-request-id`, or the MCP request); empty means "make one".
+    pub correlation_id: String,
     token_hash: String,
     last_active_at: Option<i64>,
 }
 
+impl AgentSession {
+    /// This session serving the request with this correlation id.
+    pub fn correlated(mut self, id: impl Into<String>) -> AgentSession {
+        self.correlation_id = id.into();
+        self
+    }
+}
+
+/// A fresh correlation id for a call that arrived without one.
+fn new_correlation_id() -> String {
+    let mut b = [0u8; 8];
+    if getrandom::fill(&mut b).is_err() {
+        b = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            .to_le_bytes();
+    }
+    format!("call-{}", hex::encode(b))
+}
+
 /// One action an agent may call.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GrantedAction {
     pub tool: String,
     pub version: String,
@@ -79,6 +103,7 @@ fn refused(tool: &str, action: &str, reason: String) -> Report {
         stdout: String::new(),
         stderr: String::new(),
         stdio_dropped: 0,
+        correlation_id: String::new(),
     }
 }
 
@@ -179,6 +204,7 @@ impl Warden {
             agent: agent.name,
             tools: record.tools,
             expires_at: record.expires_at,
+            correlation_id: String::new(),
             token_hash: token_hash.to_owned(),
             last_active_at: agent.last_active_at,
         })
@@ -262,7 +288,10 @@ impl Warden {
         action: &str,
         input: &str,
     ) -> Result<Report> {
-        let session = self.session(&session.tenant, &session.token_hash).await?;
+        let session = self
+            .session(&session.tenant, &session.token_hash)
+            .await?
+            .correlated(session.correlation_id.clone());
         self.invoke_authenticated(&session, tool, action, input)
             .await
     }
@@ -278,11 +307,38 @@ impl Warden {
         action: &str,
         input: &str,
     ) -> Result<Report> {
-        let session = session.clone();
+        let mut session = session.clone();
+        if session.correlation_id.is_empty() {
+            session.correlation_id = new_correlation_id();
+        }
+        let span = tracing::info_span!(
+            "call",
+            correlation_id = %session.correlation_id,
+            tenant = %session.tenant,
+            agent = %session.agent,
+            tool,
+            action
+        );
+        let cid = session.correlation_id.clone();
+        let mut report = self
+            .run_call(session, tool, action, input)
+            .instrument(span)
+            .await?;
+        report.correlation_id = cid;
+        Ok(report)
+    }
+
+    async fn run_call(
+        &self,
+        session: AgentSession,
+        tool: &str,
+        action: &str,
+        input: &str,
+    ) -> Result<Report> {
         let store = self.store.tenant(&session.tenant).await?;
         let (grant, component) = match self.resolve(&store, &session, tool).await? {
             Resolved::Refused(reason) => {
-                tracing::info!(tenant = %session.tenant, agent = %session.agent, tool, action, %reason, "call refused");
+                tracing::info!(%reason, "call refused");
                 return Ok(refused(tool, action, reason));
             }
             Resolved::Run { grant, tool, .. } => (grant, tool),

@@ -3,7 +3,7 @@
 //! role, then separation of duties), validates its input completely, and only
 //! then writes, in one store transaction.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use warden_policy::{Grant, Manifest, Operation, Roles, SeparationRule};
 use warden_store::{NewAgent, NewGrant, NewPrincipal, NewToolVersion, TenantStore};
 
@@ -42,7 +42,7 @@ const SETTINGS: [(&str, &str); 3] = [
 ];
 
 /// A tenant's settings as they apply now.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Settings {
     pub allow_self_deploy: bool,
     pub allow_owner_approval: bool,
@@ -62,7 +62,7 @@ impl Settings {
 }
 
 /// One agent in the inventory.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AgentSummary {
     #[serde(flatten)]
     pub agent: AgentRecord,
@@ -75,7 +75,7 @@ pub struct AgentSummary {
 }
 
 /// One tool in the inventory.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ToolSummary {
     pub tool: String,
     pub live: Option<String>,
@@ -83,7 +83,7 @@ pub struct ToolSummary {
 }
 
 /// What `warden inventory` shows.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Inventory {
     pub tenant: String,
     pub agents: Vec<AgentSummary>,

@@ -1,10 +1,10 @@
 //! Rows as the store returns them. Plain data with public fields: the store keeps
 //! no invariant on them beyond what the schema enforces.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Lifecycle state of an agent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AgentStatus {
     Draft,
@@ -43,7 +43,7 @@ impl std::fmt::Display for AgentStatus {
 }
 
 /// A person (or service account) of a tenant.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PrincipalRecord {
     pub id: String,
     pub name: String,
@@ -54,7 +54,7 @@ pub struct PrincipalRecord {
 }
 
 /// An agent identity.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentRecord {
     pub id: String,
     pub name: String,
@@ -70,7 +70,7 @@ pub struct AgentRecord {
 }
 
 /// A short-lived access token of an agent (its hash is the key).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenRecord {
     pub agent_id: String,
     /// Tools the token is narrowed to; `None` means every granted tool.
@@ -81,7 +81,7 @@ pub struct TokenRecord {
 }
 
 /// One published version of a tool.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ToolVersionRecord {
     pub tool: String,
     pub version: String,
@@ -93,7 +93,7 @@ pub struct ToolVersionRecord {
 }
 
 /// One deployment (a version made live).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeploymentRecord {
     pub seq: i64,
     pub tool: String,
@@ -105,7 +105,7 @@ pub struct DeploymentRecord {
 }
 
 /// A stored grant of one agent on one tool.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GrantRecord {
     pub id: String,
     pub agent_id: String,
@@ -121,7 +121,7 @@ pub struct GrantRecord {
 }
 
 /// One entry of a tenant's governance history.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventRecord {
     pub seq: i64,
     pub at: i64,

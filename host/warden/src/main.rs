@@ -6,6 +6,7 @@
 //! which work on a data directory.
 
 mod bench;
+mod operator;
 mod ops;
 
 use std::collections::BTreeMap;
@@ -17,9 +18,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use warden_policy::{Grant, Limits, Manifest};
-use warden_runtime::{
-    Backends, Call, MemoryKv, Outcome, Runtime, RuntimeConfig, SecretSource, Tool,
-};
+use warden_runtime::{Backends, Call, MemoryKv, Runtime, RuntimeConfig, SecretSource, Tool};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -470,21 +469,50 @@ fn print_report(report: &warden_runtime::Report, json: bool) -> anyhow::Result<E
     if !report.outcome.is_ok() && !json {
         eprintln!("{}", report.outcome.reason());
     }
-    Ok(match &report.outcome {
-        Outcome::Ok => ExitCode::SUCCESS,
-        Outcome::Denied { .. } | Outcome::NotGranted { .. } => ExitCode::from(exit::DENIED),
-        Outcome::InvalidInput { .. } | Outcome::UnknownAction { .. } => {
-            ExitCode::from(exit::INVALID_INPUT)
+    Ok(exit_for(report.outcome.kind()))
+}
+
+/// The exit code of an outcome, by its serialized name.
+fn exit_for(kind: &str) -> ExitCode {
+    match kind {
+        "ok" => ExitCode::SUCCESS,
+        "denied" | "not_granted" | "held" => ExitCode::from(exit::DENIED),
+        "invalid_input" | "unknown_action" => ExitCode::from(exit::INVALID_INPUT),
+        "out_of_fuel" | "deadline" | "memory_limit" | "stack_overflow" | "output_too_large" => {
+            ExitCode::from(exit::LIMIT)
         }
-        Outcome::OutOfFuel { .. }
-        | Outcome::Deadline { .. }
-        | Outcome::MemoryLimit { .. }
-        | Outcome::StackOverflow
-        | Outcome::OutputTooLarge { .. } => ExitCode::from(exit::LIMIT),
-        Outcome::Failed { .. } | Outcome::InvalidOutput { .. } | Outcome::Trap { .. } => {
-            ExitCode::from(exit::FAILED)
-        }
-    })
+        _ => ExitCode::from(exit::FAILED),
+    }
+}
+
+/// Prints a server's answer to a call (the report as JSON) like
+/// [`print_report`] prints a local one.
+fn print_answer(answer: &serde_json::Value, json: bool) -> anyhow::Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    let kind = answer["outcome"].as_str().unwrap_or("");
+    if json {
+        serde_json::to_writer_pretty(&mut out, answer)?;
+        writeln!(out)?;
+    } else if answer["status"] == "running" {
+        writeln!(
+            out,
+            "still running; collect it with GET /v1/invocations/{}",
+            answer["invocation_id"].as_str().unwrap_or("?")
+        )?;
+        return Ok(ExitCode::SUCCESS);
+    } else if kind == "ok" {
+        serde_json::to_writer(&mut out, &answer["output"])?;
+        writeln!(out)?;
+    }
+    if kind != "ok" && !json {
+        let detail = ["reason", "message", "action", "field"]
+            .iter()
+            .filter_map(|k| answer[*k].as_str())
+            .collect::<Vec<_>>()
+            .join(": ");
+        eprintln!("{kind}: {detail}");
+    }
+    Ok(exit_for(kind))
 }
 
 async fn inspect(

@@ -13,8 +13,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use warden_policy::{Grant, Limits};
-use warden_service::{Caller, Config, Error};
+use warden_policy::Grant;
+use warden_service::{Config, Error};
+
+use crate::operator::{GrantInput, Operator, Remote, Target};
 
 /// Options every data-directory command shares.
 #[derive(Debug, Clone, Args)]
@@ -26,6 +28,14 @@ pub struct Common {
     /// Operator key: the admin key or a principal's API key.
     #[arg(long, env = "WARDEN_KEY", global = true, hide_env_values = true)]
     pub key: Option<String>,
+    /// Run operator and agent commands against this running server's HTTP
+    /// API (e.g. `http://127.0.0.1:7070`) instead of the local data directory.
+    #[arg(long, env = "WARDEN_SERVER", global = true)]
+    pub server: Option<String>,
+    /// Config file with `server` and `key` (default
+    /// `$XDG_CONFIG_HOME/warden/config.toml`, else `~/.config/warden/config.toml`).
+    #[arg(long, env = "WARDEN_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
@@ -181,7 +191,7 @@ pub fn default_data_dir() -> anyhow::Result<PathBuf> {
     }
 }
 
-async fn open(common: &Common) -> anyhow::Result<warden_service::Opened> {
+pub(crate) async fn open(common: &Common) -> anyhow::Result<warden_service::Opened> {
     let dir = match &common.data_dir {
         Some(d) => d.clone(),
         None => default_data_dir()?,
@@ -203,7 +213,7 @@ fn fail(e: &Error) -> ExitCode {
     })
 }
 
-fn announce_bootstrap(key: &str, dir: &Path) {
+pub(crate) fn announce_bootstrap(key: &str, dir: &Path) {
     eprintln!(
         "\nWarden created a new data directory at {}.\n\
          This is the one-time ADMIN KEY. It is shown only now and stored only as a hash:\n\n    {key}\n\n\
@@ -215,26 +225,19 @@ fn announce_bootstrap(key: &str, dir: &Path) {
     );
 }
 
-/// Runs one data-directory command with an authenticated caller.
-macro_rules! with_caller {
-    ($common:expr, |$w:ident, $caller:ident| $body:expr) => {{
-        let opened = open($common).await?;
-        if let Some(k) = &opened.bootstrap_key {
-            announce_bootstrap(k, opened.warden.data_dir());
-        }
-        let $w = &opened.warden;
-        let key = match &$common.key {
-            Some(k) => k.clone(),
-            None => bail!("this command needs an operator key: pass --key or set WARDEN_KEY"),
+/// Runs one operator command: locally on the data directory, or against
+/// the server named by `--server` (see `operator.rs`).
+macro_rules! with_operator {
+    ($common:expr, |$op:ident| $body:expr) => {{
+        let op = match Operator::connect($common).await? {
+            Ok(o) => o,
+            Err(e) => return Ok(fail(&e)),
         };
-        let result = match $w.authenticate(&key).await {
-            Ok($caller) => {
-                let $caller = &$caller;
-                $body
-            }
-            Err(e) => Err(e),
+        let result = {
+            let $op = &op;
+            $body
         };
-        $w.close().await;
+        op.close().await;
         match result {
             Ok(code) => Ok(code),
             Err(e) => Ok(fail(&e)),
@@ -371,8 +374,8 @@ pub async fn mcp(common: &Common, token: String) -> anyhow::Result<ExitCode> {
 
 pub async fn tenant(common: &Common, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
     let json = common.json;
-    with_caller!(common, |w, caller| match &cmd {
-        TenantCmd::Create { name } => match w.create_tenant(caller, name).await {
+    with_operator!(common, |op| match &cmd {
+        TenantCmd::Create { name } => match op.create_tenant(name).await {
             Ok(()) => say(
                 json,
                 serde_json::json!({ "tenant": name }),
@@ -382,7 +385,7 @@ pub async fn tenant(common: &Common, cmd: TenantCmd) -> anyhow::Result<ExitCode>
             ),
             Err(e) => Err(e),
         },
-        TenantCmd::List => match w.tenants(caller).await {
+        TenantCmd::List => match op.tenants().await {
             Ok(t) if json => print_json(&t),
             Ok(t) => {
                 table(
@@ -393,7 +396,7 @@ pub async fn tenant(common: &Common, cmd: TenantCmd) -> anyhow::Result<ExitCode>
             }
             Err(e) => Err(e),
         },
-        TenantCmd::Settings => match w.settings(caller).await {
+        TenantCmd::Settings => match op.settings().await {
             Ok(s) if json => print_json(&s),
             Ok(s) => {
                 println!("allow_self_deploy     {}", s.allow_self_deploy);
@@ -413,7 +416,7 @@ pub async fn tenant(common: &Common, cmd: TenantCmd) -> anyhow::Result<ExitCode>
             }
             Err(e) => Err(e),
         },
-        TenantCmd::Set { setting, value } => match w.set_setting(caller, setting, value).await {
+        TenantCmd::Set { setting, value } => match op.set_setting(setting, value).await {
             Ok(()) => say(
                 json,
                 serde_json::json!({ "setting": setting, "value": value }),
@@ -426,41 +429,31 @@ pub async fn tenant(common: &Common, cmd: TenantCmd) -> anyhow::Result<ExitCode>
 
 pub async fn principal(common: &Common, cmd: PrincipalCmd) -> anyhow::Result<ExitCode> {
     let json = common.json;
-    with_caller!(common, |w, caller| match &cmd {
+    with_operator!(common, |op| match &cmd {
         PrincipalCmd::Add {
             name,
             roles,
             tenant,
         } => {
-            let tenant = match (tenant, caller) {
-                (Some(t), _) => Ok(t.clone()),
-                (None, Caller::Principal(p)) => Ok(p.tenant.clone()),
-                (None, Caller::Admin) => Err(Error::Invalid(
-                    "with the admin key, name the tenant with --tenant".into(),
-                )),
-            };
             let roles: Vec<String> = roles
                 .iter()
                 .flat_map(|r| r.split(','))
                 .map(|r| r.trim().to_owned())
                 .collect();
-            match tenant {
-                Ok(t) => match w.add_principal(caller, &t, name, &roles).await {
-                    Ok((p, key)) => say(
-                        json,
-                        serde_json::json!({ "principal": p, "api_key": key }),
-                        &format!(
-                            "added principal `{}` ({}) to tenant `{t}`.\nAPI key (shown once, stored only as a hash):\n\n    {key}\n",
-                            p.name,
-                            p.roles.join(", ")
-                        ),
+            match op.add_principal(tenant.as_deref(), name, &roles).await {
+                Ok((p, key)) => say(
+                    json,
+                    serde_json::json!({ "principal": p, "api_key": key }),
+                    &format!(
+                        "added principal `{}` ({}).\nAPI key (shown once, stored only as a hash):\n\n    {key}\n",
+                        p.name,
+                        p.roles.join(", ")
                     ),
-                    Err(e) => Err(e),
-                },
+                ),
                 Err(e) => Err(e),
             }
         }
-        PrincipalCmd::List => match w.inventory(caller).await {
+        PrincipalCmd::List => match op.inventory().await {
             Ok(inv) if json => print_json(&inv.principals),
             Ok(inv) => {
                 table(
@@ -502,9 +495,9 @@ pub async fn tool(common: &Common, cmd: ToolCmd) -> anyhow::Result<ExitCode> {
         }
         _ => None,
     };
-    with_caller!(common, |w, caller| match (&cmd, &files) {
+    with_operator!(common, |op| match (&cmd, &files) {
         (ToolCmd::Publish { .. }, Some((bytes, manifest))) => {
-            match w.publish_tool(caller, bytes, manifest).await {
+            match op.publish_tool(bytes, manifest).await {
                 Ok(v) => say(
                     json,
                     serde_json::to_value(&v).unwrap_or_default(),
@@ -516,17 +509,16 @@ pub async fn tool(common: &Common, cmd: ToolCmd) -> anyhow::Result<ExitCode> {
                 Err(e) => Err(e),
             }
         }
-        (ToolCmd::Deploy { tool, version }, _) =>
-            match w.deploy_tool(caller, tool, version).await {
-                Ok(d) => say(
-                    json,
-                    serde_json::to_value(&d).unwrap_or_default(),
-                    &format!("`{}` {} is live", d.tool, d.version),
-                ),
-                Err(e) => Err(e),
-            },
+        (ToolCmd::Deploy { tool, version }, _) => match op.deploy_tool(tool, version).await {
+            Ok(d) => say(
+                json,
+                serde_json::to_value(&d).unwrap_or_default(),
+                &format!("`{}` {} is live", d.tool, d.version),
+            ),
+            Err(e) => Err(e),
+        },
         (ToolCmd::Rollback { tool, to }, _) => {
-            match w.rollback_tool(caller, tool, to.as_deref()).await {
+            match op.rollback_tool(tool, to.as_deref()).await {
                 Ok(d) => say(
                     json,
                     serde_json::to_value(&d).unwrap_or_default(),
@@ -538,7 +530,7 @@ pub async fn tool(common: &Common, cmd: ToolCmd) -> anyhow::Result<ExitCode> {
         (ToolCmd::Publish { .. }, None) => {
             Err(Error::Invalid("no component to publish".into()))
         }
-        (ToolCmd::List, _) => match w.inventory(caller).await {
+        (ToolCmd::List, _) => match op.inventory().await {
             Ok(inv) if json => print_json(&inv.tools),
             Ok(inv) => {
                 let mut rows = Vec::new();
@@ -587,7 +579,7 @@ fn agent_line(a: &warden_service::AgentRecord, verb: &str) -> String {
 
 pub async fn agent(common: &Common, cmd: AgentCmd) -> anyhow::Result<ExitCode> {
     let json = common.json;
-    with_caller!(common, |w, caller| {
+    with_operator!(common, |op| {
         let (result, verb) = match &cmd {
             AgentCmd::Create {
                 name,
@@ -595,17 +587,25 @@ pub async fn agent(common: &Common, cmd: AgentCmd) -> anyhow::Result<ExitCode> {
                 owner,
                 renew_days,
             } => (
-                w.create_agent(caller, name, purpose, owner.as_deref(), *renew_days)
+                op.create_agent(name, purpose, owner.as_deref(), *renew_days)
                     .await,
                 "drafted",
             ),
-            AgentCmd::Activate { name } => (w.activate_agent(caller, name).await, "activated"),
-            AgentCmd::Suspend { name, reason } => {
-                (w.suspend_agent(caller, name, reason).await, "suspended")
-            }
-            AgentCmd::Renew { name, days } => (w.renew_agent(caller, name, *days).await, "renewed"),
+            AgentCmd::Activate { name } => (
+                op.change_agent(name, "activate", None, None).await,
+                "activated",
+            ),
+            AgentCmd::Suspend { name, reason } => (
+                op.change_agent(name, "suspend", Some(reason), None).await,
+                "suspended",
+            ),
+            AgentCmd::Renew { name, days } => (
+                op.change_agent(name, "renew", None, Some(*days)).await,
+                "renewed",
+            ),
             AgentCmd::Decommission { name, reason } => (
-                w.decommission_agent(caller, name, reason).await,
+                op.change_agent(name, "decommission", Some(reason), None)
+                    .await,
                 "decommissioned (credentials, tokens and grants revoked)",
             ),
         };
@@ -622,36 +622,39 @@ pub async fn agent(common: &Common, cmd: AgentCmd) -> anyhow::Result<ExitCode> {
 
 pub async fn grant(common: &Common, cmd: GrantCmd) -> anyhow::Result<ExitCode> {
     let json = common.json;
-    let parsed = match &cmd {
+    let input = match &cmd {
         GrantCmd::Add { file, actions, .. } => {
-            let mut grant = match file {
-                Some(path) => {
-                    let text = String::from_utf8(read(path, "grant file")?)
-                        .with_context(|| format!("grant file `{}` is not UTF-8", path.display()))?;
-                    Grant::from_toml(&text)
-                        .with_context(|| format!("grant file `{}`", path.display()))?
-                }
-                None => Grant::empty(Limits::STANDARD),
+            let toml = match file {
+                Some(path) => Some(
+                    String::from_utf8(read(path, "grant file")?)
+                        .with_context(|| format!("grant file `{}` is not UTF-8", path.display()))?,
+                ),
+                None => None,
             };
-            if let Some(a) = actions {
-                if grant.actions.is_some() {
-                    bail!("give the actions either in the grant file or with --actions, not both");
+            let input = GrantInput {
+                toml,
+                actions: actions.clone(),
+            };
+            // Check here too, so a bad file is named before any network call.
+            if let Err(e) = input.to_grant() {
+                match file {
+                    Some(path) => bail!("grant file `{}`: {e}", path.display()),
+                    None => bail!("{e}"),
                 }
-                grant.actions = Some(a.iter().map(|s| s.trim().to_owned()).collect());
             }
-            Some(grant)
+            Some(input)
         }
         _ => None,
     };
-    with_caller!(common, |w, caller| match &cmd {
+    with_operator!(common, |op| match &cmd {
         GrantCmd::Add {
             agent,
             tool,
             expires_in_days,
             ..
-        } => match parsed.as_ref() {
+        } => match input.as_ref() {
             None => Err(Error::Invalid("no grant to add".into())),
-            Some(g) => match w.add_grant(caller, agent, tool, g, *expires_in_days).await {
+            Some(g) => match op.add_grant(agent, tool, g, *expires_in_days).await {
                 Ok(r) => say(
                     json,
                     serde_json::to_value(&r).unwrap_or_default(),
@@ -659,14 +662,15 @@ pub async fn grant(common: &Common, cmd: GrantCmd) -> anyhow::Result<ExitCode> {
                         "granted `{}` on `{}` ({}) until {}",
                         r.agent,
                         r.tool,
-                        describe_actions(g),
+                        serde_json::from_str::<Grant>(&r.spec)
+                            .map_or_else(|_| "?".into(), |g| describe_actions(&g)),
                         date(r.expires_at)
                     ),
                 ),
                 Err(e) => Err(e),
             },
         },
-        GrantCmd::Revoke { agent, tool } => match w.revoke_grant(caller, agent, tool).await {
+        GrantCmd::Revoke { agent, tool } => match op.revoke_grant(agent, tool).await {
             Ok(()) => say(
                 json,
                 serde_json::json!({ "revoked": { "agent": agent, "tool": tool } }),
@@ -675,10 +679,10 @@ pub async fn grant(common: &Common, cmd: GrantCmd) -> anyhow::Result<ExitCode> {
             Err(e) => Err(e),
         },
         GrantCmd::List { agent, history } => {
-            match w.grants(caller, agent.as_deref(), *history).await {
+            match op.grants(agent.as_deref(), *history).await {
                 Ok(g) if json => print_json(&g),
                 Ok(g) => {
-                    let now = w.now();
+                    let now = op.now();
                     let rows: Vec<Vec<String>> = g
                         .iter()
                         .map(|r| {
@@ -739,8 +743,8 @@ fn describe_caps(g: &Grant) -> String {
 
 pub async fn credential(common: &Common, cmd: CredentialCmd) -> anyhow::Result<ExitCode> {
     let json = common.json;
-    with_caller!(common, |w, caller| match &cmd {
-        CredentialCmd::Issue { agent } => match w.issue_credential(caller, agent).await {
+    with_operator!(common, |op| match &cmd {
+        CredentialCmd::Issue { agent } => match op.issue_credential(agent).await {
             Ok(c) => say(
                 json,
                 serde_json::json!({ "agent": agent, "credential": c }),
@@ -756,7 +760,7 @@ pub async fn credential(common: &Common, cmd: CredentialCmd) -> anyhow::Result<E
 
 pub async fn inventory(common: &Common) -> anyhow::Result<ExitCode> {
     let json = common.json;
-    with_caller!(common, |w, caller| match w.inventory(caller).await {
+    with_operator!(common, |op| match op.inventory().await {
         Ok(inv) if json => print_json(&inv),
         Ok(inv) => {
             println!("tenant {}\n", inv.tenant);
@@ -810,7 +814,7 @@ pub async fn inventory(common: &Common) -> anyhow::Result<ExitCode> {
 
 pub async fn history(common: &Common) -> anyhow::Result<ExitCode> {
     let json = common.json;
-    with_caller!(common, |w, caller| match w.events(caller).await {
+    with_operator!(common, |op| match op.events().await {
         Ok(ev) if json => print_json(&ev),
         Ok(ev) => {
             table(
@@ -843,12 +847,20 @@ pub async fn token(
     ttl_secs: Option<u64>,
     tools: Option<Vec<String>>,
 ) -> anyhow::Result<ExitCode> {
-    let opened = open(common).await?;
-    let w = opened.warden;
-    let r = w
-        .exchange_credential(credential, ttl_secs.map(Duration::from_secs), tools)
-        .await;
-    w.close().await;
+    let target = Target::resolve(common)?;
+    let r = if let Some(server) = &target.server {
+        Remote::new(server, None)?
+            .token(credential, ttl_secs, tools)
+            .await
+    } else {
+        let opened = open(common).await?;
+        let w = opened.warden;
+        let r = w
+            .exchange_credential(credential, ttl_secs.map(Duration::from_secs), tools)
+            .await;
+        w.close().await;
+        r
+    };
     match r {
         Ok(t) if common.json => Ok(print_json(&t).unwrap_or(ExitCode::FAILURE)),
         Ok(t) => {
@@ -867,13 +879,19 @@ pub async fn token(
 
 /// `warden actions`: what the token's agent may call.
 pub async fn actions(common: &Common, token: &str) -> anyhow::Result<ExitCode> {
-    let opened = open(common).await?;
-    let w = opened.warden;
-    let r = match w.authenticate_agent(token).await {
-        Ok(s) => w.granted_actions(&s).await,
-        Err(e) => Err(e),
+    let target = Target::resolve(common)?;
+    let r = if let Some(server) = &target.server {
+        Remote::new(server, Some(token.to_owned()))?.actions().await
+    } else {
+        let opened = open(common).await?;
+        let w = opened.warden;
+        let r = match w.authenticate_agent(token).await {
+            Ok(s) => w.granted_actions(&s).await,
+            Err(e) => Err(e),
+        };
+        w.close().await;
+        r
     };
-    w.close().await;
     match r {
         Ok(a) if common.json => Ok(print_json(&a).unwrap_or(ExitCode::FAILURE)),
         Ok(a) => {
@@ -906,6 +924,18 @@ pub async fn call(
     input: &str,
 ) -> anyhow::Result<ExitCode> {
     let input = crate::read_input(input)?;
+    let target = Target::resolve(common)?;
+    if let Some(server) = &target.server {
+        let value: serde_json::Value =
+            serde_json::from_str(&input).with_context(|| "--input is not JSON".to_string())?;
+        return match Remote::new(server, Some(token.to_owned()))?
+            .call(tool, action, value)
+            .await
+        {
+            Ok(answer) => crate::print_answer(&answer, common.json),
+            Err(e) => Ok(fail(&e)),
+        };
+    }
     let opened = open(common).await?;
     let w = opened.warden;
     let r = match w.authenticate_agent(token).await {

@@ -11,15 +11,27 @@ use serde_json::Value;
 use warden_tests::{guest, root};
 
 fn warden(data: &Path, key: Option<&str>, args: &[&str]) -> Output {
+    warden_with(data, key, args, &[])
+}
+
+/// Runs the CLI with a clean environment: no operator key, token, server or
+/// config file from the developer's shell.
+fn warden_with(data: &Path, key: Option<&str>, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_warden"));
     cmd.args(args)
         .env("WARDEN_DATA_DIR", data)
+        .env("XDG_CONFIG_HOME", data.join("no-config"))
+        .env_remove("WARDEN_SERVER")
+        .env_remove("WARDEN_CONFIG")
         .env("WARDEN_CACHE_DIR", root().join("target/warden-test-cache"))
         .env_remove("WARDEN_KEY")
         .env_remove("WARDEN_TOKEN")
         .env_remove("WARDEN_CREDENTIAL");
     if let Some(k) = key {
         cmd.env("WARDEN_KEY", k);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
     }
     cmd.output().expect("run warden")
 }
@@ -45,9 +57,29 @@ fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// A running `warden serve`, killed on drop.
+struct Server {
+    child: std::process::Child,
+    printed: String,
+    url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Starts `warden serve`, waits for its "serving" line, stops it, and returns
 /// everything it printed on stderr.
 fn serve_once(data: &Path) -> String {
+    let server = start_serve(data);
+    server.printed.clone()
+}
+
+/// Starts `warden serve` on a free loopback port and waits until it serves.
+fn start_serve(data: &Path) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
         .args(["serve", "--listen", "127.0.0.1:0"])
         .env("WARDEN_DATA_DIR", data)
@@ -81,9 +113,16 @@ fn serve_once(data: &Path) -> String {
             }
         }
     }
-    let _ = child.kill();
-    let _ = child.wait();
-    seen
+    let url = seen
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .expect("the serving line names its address")
+        .to_owned();
+    Server {
+        child,
+        printed: seen,
+        url,
+    }
 }
 
 fn admin_key(printed: &str) -> Option<String> {
@@ -123,6 +162,86 @@ fn readme_walk_from_bootstrap_to_a_granted_call() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path();
     let admin = admin_key(&serve_once(data)).expect("admin key");
+    walk(&admin, &|key, args| warden(data, key, args));
+}
+
+/// The same walk with every command sent to a running server over its HTTP
+/// API (`--server`), then the config file, a wrong key and a dead server.
+#[test]
+fn the_cli_drives_a_running_server_over_the_api() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("served");
+    let server = start_serve(&data);
+    let admin = admin_key(&server.printed).expect("admin key");
+    // The client's own data directory is elsewhere and stays untouched.
+    let client = dir.path().join("client");
+    let url = server.url.clone();
+    walk(&admin, &|key, args| {
+        let mut a = vec!["--server", url.as_str()];
+        a.extend_from_slice(args);
+        warden(&client, key, &a)
+    });
+    assert!(
+        !client.join("control.db").exists(),
+        "a remote command opened a local database"
+    );
+
+    // The config file: server and key, refused while others can read it.
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, format!("server = \"{url}\"\nkey = \"{admin}\"\n")).expect("write");
+    let config_env = [("WARDEN_CONFIG", config.to_str().expect("utf-8"))];
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let open = warden_with(&client, None, &["tenant", "list"], &config_env);
+    assert_ne!(open.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&open.stderr).contains("chmod 600"),
+        "{}",
+        String::from_utf8_lossy(&open.stderr)
+    );
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let listed = stdout(&warden_with(
+        &client,
+        None,
+        &["tenant", "list"],
+        &config_env,
+    ));
+    assert!(listed.contains("acme"), "{listed}");
+
+    // A wrong key is refused by the server: exit 3 and its message.
+    let wrong = warden(
+        &client,
+        Some("wdn_key_acme_0000000000000000000000000000000000000000000000000000000000000000"),
+        &["--server", &url, "inventory"],
+    );
+    assert_eq!(wrong.status.code(), Some(3));
+    assert!(
+        String::from_utf8_lossy(&wrong.stderr).contains("unknown"),
+        "{}",
+        String::from_utf8_lossy(&wrong.stderr)
+    );
+    // Not a URL, and a server that is gone: clear errors, not panics.
+    let bad = warden(
+        &client,
+        Some(&admin),
+        &["--server", "localhost:7070", "tenant", "list"],
+    );
+    assert_ne!(bad.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("http://"));
+    drop(server);
+    let gone = warden(&client, Some(&admin), &["--server", &url, "tenant", "list"]);
+    assert_eq!(gone.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&gone.stderr).contains("cannot reach the server"),
+        "{}",
+        String::from_utf8_lossy(&gone.stderr)
+    );
+}
+
+/// The README's operator walk, from the admin key to a revoked grant, with
+/// `run` executing each CLI command (locally or against a server).
+fn walk(admin: &str, run: &dyn Fn(Option<&str>, &[&str]) -> Output) {
+    let admin = admin.to_owned();
     let tickets = guest("tickets");
     let tickets = tickets.to_str().expect("utf-8");
     let manifest = root().join("tools/tickets/tool.toml");
@@ -131,9 +250,8 @@ fn readme_walk_from_bootstrap_to_a_granted_call() {
     let grant = grant.to_str().expect("utf-8");
 
     // Admin: a tenant and its first deployer.
-    stdout(&warden(data, Some(&admin), &["tenant", "create", "acme"]));
-    let alice = ok_json(&warden(
-        data,
+    stdout(&run(Some(&admin), &["tenant", "create", "acme"]));
+    let alice = ok_json(&run(
         Some(&admin),
         &[
             "principal",
@@ -152,8 +270,7 @@ fn readme_walk_from_bootstrap_to_a_granted_call() {
         .expect("key")
         .to_owned();
     // Alice adds a builder.
-    let bob = ok_json(&warden(
-        data,
+    let bob = ok_json(&run(
         Some(&alice),
         &["principal", "add", "bob", "--role", "builder", "--json"],
     ))["api_key"]
@@ -161,26 +278,20 @@ fn readme_walk_from_bootstrap_to_a_granted_call() {
         .expect("key")
         .to_owned();
     // Bob publishes; Bob may not deploy (role), Alice deploys.
-    stdout(&warden(
-        data,
+    stdout(&run(
         Some(&bob),
         &["tool", "publish", tickets, "--manifest", manifest],
     ));
-    let refused = warden(data, Some(&bob), &["tool", "deploy", "tickets", "0.1.0"]);
+    let refused = run(Some(&bob), &["tool", "deploy", "tickets", "0.1.0"]);
     assert_eq!(refused.status.code(), Some(3));
     assert!(
         String::from_utf8_lossy(&refused.stderr).contains("needs the deployer role"),
         "{}",
         String::from_utf8_lossy(&refused.stderr)
     );
-    stdout(&warden(
-        data,
-        Some(&alice),
-        &["tool", "deploy", "tickets", "0.1.0"],
-    ));
+    stdout(&run(Some(&alice), &["tool", "deploy", "tickets", "0.1.0"]));
     // Bob drafts the agent; Alice activates, grants and issues its credential.
-    stdout(&warden(
-        data,
+    stdout(&run(
         Some(&bob),
         &[
             "agent",
@@ -190,13 +301,8 @@ fn readme_walk_from_bootstrap_to_a_granted_call() {
             "answers support tickets",
         ],
     ));
-    stdout(&warden(
-        data,
-        Some(&alice),
-        &["agent", "activate", "support-bot"],
-    ));
-    stdout(&warden(
-        data,
+    stdout(&run(Some(&alice), &["agent", "activate", "support-bot"]));
+    stdout(&run(
         Some(&alice),
         &[
             "grant",
@@ -209,8 +315,7 @@ fn readme_walk_from_bootstrap_to_a_granted_call() {
             grant,
         ],
     ));
-    let wide = warden(
-        data,
+    let wide = run(
         Some(&alice),
         &[
             "grant",
@@ -225,8 +330,7 @@ fn readme_walk_from_bootstrap_to_a_granted_call() {
     );
     assert_eq!(wide.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&wide.stderr).contains("launch_missiles"));
-    let cred = ok_json(&warden(
-        data,
+    let cred = ok_json(&run(
         Some(&alice),
         &["credential", "issue", "--agent", "support-bot", "--json"],
     ))["credential"]
@@ -235,17 +339,16 @@ fn readme_walk_from_bootstrap_to_a_granted_call() {
         .to_owned();
 
     // The agent: credential → token → actions → call.
-    let token = stdout(&warden(data, None, &["token", "--credential", &cred]))
+    let token = stdout(&run(None, &["token", "--credential", &cred]))
         .trim()
         .to_owned();
     assert!(token.starts_with("wdn_tok_acme_"), "{token}");
-    let actions = stdout(&warden(data, None, &["actions", "--token", &token]));
+    let actions = stdout(&run(None, &["actions", "--token", &token]));
     assert!(
         actions.contains("open_ticket") && !actions.contains("delete_record"),
         "{actions}"
     );
-    let out = ok_json(&warden(
-        data,
+    let out = ok_json(&run(
         None,
         &[
             "call",
@@ -258,8 +361,7 @@ fn readme_walk_from_bootstrap_to_a_granted_call() {
         ],
     ));
     assert!(out["id"].is_number(), "{out}");
-    let denied = warden(
-        data,
+    let denied = run(
         None,
         &[
             "call",
@@ -274,24 +376,20 @@ fn readme_walk_from_bootstrap_to_a_granted_call() {
     assert_eq!(denied.status.code(), Some(3));
 
     // Alice (viewer too) reads the inventory and grants; Bob cannot.
-    let inv = stdout(&warden(data, Some(&alice), &["inventory"]));
+    let inv = stdout(&run(Some(&alice), &["inventory"]));
     assert!(
         inv.contains("support-bot") && inv.contains("bob") && inv.contains("active"),
         "{inv}"
     );
-    let grants = stdout(&warden(data, Some(&alice), &["grant", "list"]));
+    let grants = stdout(&run(Some(&alice), &["grant", "list"]));
     assert!(
         grants.contains("open_ticket") && grants.contains("live"),
         "{grants}"
     );
-    assert_eq!(
-        warden(data, Some(&bob), &["inventory"]).status.code(),
-        Some(3)
-    );
+    assert_eq!(run(Some(&bob), &["inventory"]).status.code(), Some(3));
 
     // Revocation: the next call is denied.
-    stdout(&warden(
-        data,
+    stdout(&run(
         Some(&alice),
         &[
             "grant",
@@ -302,8 +400,7 @@ fn readme_walk_from_bootstrap_to_a_granted_call() {
             "tickets",
         ],
     ));
-    let after = warden(
-        data,
+    let after = run(
         None,
         &[
             "call",
@@ -316,7 +413,7 @@ fn readme_walk_from_bootstrap_to_a_granted_call() {
         ],
     );
     assert_eq!(after.status.code(), Some(3));
-    let history = stdout(&warden(data, Some(&alice), &["history"]));
+    let history = stdout(&run(Some(&alice), &["history"]));
     for action in [
         "tenant.create",
         "principal.add",
@@ -330,7 +427,7 @@ fn readme_walk_from_bootstrap_to_a_granted_call() {
         );
     }
     // No key: a clear message.
-    let nokey = warden(data, None, &["inventory"]);
+    let nokey = run(None, &["inventory"]);
     assert_ne!(nokey.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&nokey.stderr).contains("WARDEN_KEY"));
 }
