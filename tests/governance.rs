@@ -1208,3 +1208,89 @@ async fn a_failed_multi_row_write_leaves_nothing() {
     );
     db.close().await;
 }
+
+/// The call cache never outlives a change, even one made by another process
+/// on the same data directory (here a second `Warden`, as a CLI run or a
+/// second server would be): each change is seen by the very next call.
+#[tokio::test]
+async fn changes_by_another_process_reach_the_next_call_through_the_cache() {
+    let mut e = env().await;
+    let deployer = e.tenant("acme").await;
+    let builder = e.principal(&deployer, "b", &["builder"]).await;
+    e.publish(
+        &builder,
+        "fixture_greeter_v1",
+        "tools/fixtures/greeter-v1/tool.toml",
+    )
+    .await;
+    e.publish(
+        &builder,
+        "fixture_greeter_v2",
+        "tools/fixtures/greeter-v2/tool.toml",
+    )
+    .await;
+    e.w.deploy_tool(&deployer, "greeter", "1.0.0")
+        .await
+        .expect("deploy");
+    e.active_agent(&builder, &deployer, "bot").await;
+    e.w.add_grant(&deployer, "bot", "greeter", &greeter_grant(), None)
+        .await
+        .expect("grant");
+    let (_, token) = e.token_for(&deployer, "bot").await;
+    // Warm the cache: several calls through the same Warden.
+    for _ in 0..3 {
+        assert_eq!(answer(&e, token.clone()).await.0, "1.0.0");
+    }
+    let (other, _, _) = open(e.dir.path()).await;
+    let other_deployer = match &deployer {
+        Caller::Principal(_) => other
+            .authenticate(&e.secrets[1])
+            .await
+            .expect("the deployer's key works in the other process"),
+        Caller::Admin => unreachable!(),
+    };
+
+    // A deployment by the other process: the next call runs the new version.
+    other
+        .deploy_tool(&other_deployer, "greeter", "2.0.0")
+        .await
+        .expect("deploy v2");
+    assert_eq!(answer(&e, token.clone()).await.0, "2.0.0");
+
+    // A revocation: the next call is refused.
+    other
+        .revoke_grant(&other_deployer, "bot", "greeter")
+        .await
+        .expect("revoke");
+    refused(
+        e.call(&token, "greeter", r#"{"name":"ada"}"#).await,
+        "no grant",
+    );
+
+    // A new grant works again; then a suspension refuses the token at once.
+    other
+        .add_grant(&other_deployer, "bot", "greeter", &greeter_grant(), None)
+        .await
+        .expect("grant again");
+    assert_eq!(answer(&e, token.clone()).await.0, "2.0.0");
+    other
+        .suspend_agent(&other_deployer, "bot", "testing the cache")
+        .await
+        .expect("suspend");
+    forbidden(
+        e.call(&token, "greeter", r#"{"name":"ada"}"#).await,
+        "suspended",
+    );
+    // Time-based limits are checked on every call, cached or not.
+    other
+        .activate_agent(&other_deployer, "bot")
+        .await
+        .expect("activate");
+    assert_eq!(answer(&e, token.clone()).await.0, "2.0.0");
+    e.advance(2 * 3600);
+    match e.call(&token, "greeter", r#"{"name":"ada"}"#).await {
+        Err(Error::Unauthenticated(m)) => assert!(m.contains("expired"), "{m}"),
+        other => panic!("an expired token must be refused, got {other:?}"),
+    }
+    other.close().await;
+}

@@ -101,6 +101,9 @@ fn readme_grant_examples_parse() {
         if body.contains("[package]") {
             continue; // a Cargo.toml
         }
+        if body.starts_with("\n# ~/.config/warden/config.toml") {
+            continue; // the CLI config file
+        }
         if body.contains("[[actions]]") {
             if let Err(e) = warden_policy::Manifest::from_toml(body) {
                 panic!("README manifest example does not parse: {e}\n{body}");

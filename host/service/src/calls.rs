@@ -51,6 +51,10 @@ pub struct AgentSession {
     pub correlation_id: String,
     token_hash: String,
     last_active_at: Option<i64>,
+    /// The agent's renewal date (checked against the clock on every call).
+    renew_by: i64,
+    /// The call generation this session was checked at.
+    generation: i64,
 }
 
 impl AgentSession {
@@ -112,7 +116,7 @@ enum Resolved {
     Run {
         grant: Arc<Grant>,
         tool: Arc<Tool>,
-        manifest: Box<Manifest>,
+        manifest: Arc<Manifest>,
     },
     Refused(String),
 }
@@ -187,6 +191,15 @@ impl Warden {
     async fn session(&self, tenant: &str, token_hash: &str) -> Result<AgentSession> {
         let unknown = || Error::Unauthenticated("unknown access token".into());
         let store = self.store.tenant(tenant).await.map_err(|_| unknown())?;
+        // Read before anything else: whatever is read next is at least this new.
+        let generation = store.call_generation().await?;
+        let now = self.now();
+        if let Some(s) = self.cache.session(tenant, generation, token_hash)
+            && s.expires_at > now
+            && s.renew_by > now
+        {
+            return Ok(s);
+        }
         let record = store.token(token_hash).await?.ok_or_else(unknown)?;
         if record.revoked_at.is_some() {
             return Err(Error::Unauthenticated("access token revoked".into()));
@@ -198,7 +211,7 @@ impl Warden {
         }
         let agent = store.agent_by_id(&record.agent_id).await?;
         self.check_agent(&store, &agent).await?;
-        Ok(AgentSession {
+        let session = AgentSession {
             tenant: tenant.to_owned(),
             agent_id: agent.id,
             agent: agent.name,
@@ -207,7 +220,12 @@ impl Warden {
             correlation_id: String::new(),
             token_hash: token_hash.to_owned(),
             last_active_at: agent.last_active_at,
-        })
+            renew_by: agent.renew_by,
+            generation,
+        };
+        self.cache
+            .put_session(tenant, generation, token_hash, &session);
+        Ok(session)
     }
 
     /// Refuses an agent that is not active, suspending it on the spot when its
@@ -368,9 +386,12 @@ impl Warden {
     /// not fail the call that already ran; it is logged.
     async fn touch(&self, store: &TenantStore, session: &AgentSession) {
         let now = self.now();
-        let stale = session
-            .last_active_at
-            .is_none_or(|t| now - t >= TOUCH_EVERY_SECS);
+        let stale = self.cache.should_touch(
+            &session.agent_id,
+            session.last_active_at,
+            now,
+            TOUCH_EVERY_SECS,
+        );
         if stale && let Err(e) = store.touch_agent(&session.agent_id, now).await {
             tracing::warn!(error = %e, agent = %session.agent, "cannot record agent activity");
         }
@@ -390,6 +411,17 @@ impl Warden {
                 "this access token is narrowed to {} and does not cover tool `{tool}`",
                 scope.join(", ")
             )));
+        }
+        if let Some(r) =
+            self.cache
+                .resolved(&session.tenant, session.generation, &session.agent_id, tool)
+            && r.grant_expires_at > self.now()
+        {
+            return Ok(Resolved::Run {
+                grant: r.grant,
+                tool: r.tool,
+                manifest: r.manifest,
+            });
         }
         let Some(stored) = store.live_grant(&session.agent_id, tool).await? else {
             return Ok(Resolved::Refused(format!(
@@ -430,10 +462,23 @@ impl Warden {
             )));
         }
         let component = self.component(store, &live.sha256).await?;
-        Ok(Resolved::Run {
+        let resolved = crate::cache::Resolved {
             grant: Arc::new(grant),
             tool: component,
-            manifest: Box::new(manifest),
+            manifest: Arc::new(manifest),
+            grant_expires_at: stored.expires_at,
+        };
+        self.cache.put_resolved(
+            &session.tenant,
+            session.generation,
+            &session.agent_id,
+            tool,
+            &resolved,
+        );
+        Ok(Resolved::Run {
+            grant: resolved.grant,
+            tool: resolved.tool,
+            manifest: resolved.manifest,
         })
     }
 

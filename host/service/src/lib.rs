@@ -10,10 +10,12 @@
 //!
 //! Architecture invariants: every operator operation checks the caller's role
 //! before touching the store; every call resolves its grant from the store on
-//! that call (revocation is immediate); any error on the call path denies.
+//! that call (revocation is immediate: the call cache is valid for one call
+//! generation only, see `cache.rs`); any error on the call path denies.
 
 #![forbid(unsafe_code)]
 
+mod cache;
 mod calls;
 mod governance;
 mod keys;
@@ -181,6 +183,8 @@ pub struct Warden {
     tools: Mutex<HashMap<String, Arc<Tool>>>,
     /// Key-value data per tenant. In memory for now (see ARCHITECTURE.md).
     kv: Mutex<HashMap<String, Arc<MemoryKv>>>,
+    /// Sessions and resolved calls, valid for one call generation.
+    cache: cache::CallCache,
 }
 
 impl std::fmt::Debug for Warden {
@@ -225,6 +229,7 @@ impl Warden {
                 data_dir: config.data_dir,
                 tools: Mutex::new(HashMap::new()),
                 kv: Mutex::new(HashMap::new()),
+                cache: cache::CallCache::default(),
             },
             bootstrap_key,
         })

@@ -546,6 +546,17 @@ impl TenantStore {
         Ok(())
     }
 
+    /// The call generation: it moves on every committed change to what the
+    /// call path reads (agents' status and renewal, tokens, grants,
+    /// deployments, versions), whoever wrote it.
+    pub async fn call_generation(&self) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT gen FROM call_generation WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
     /// Records that the agent was active now.
     pub async fn touch_agent(&self, agent_id: &str, now: i64) -> Result<()> {
         sqlx::query("UPDATE agents SET last_active_at = ? WHERE id = ?")
