@@ -193,6 +193,8 @@ async fn attempt(
             | Operation::AddPrincipal
             | Operation::ChangeSettings
             | Operation::DecideApproval
+            | Operation::ReadAudit
+            | Operation::RotateAuditKeys
     );
     if needs_agent {
         w.create_agent(builder, &agent, "testing", None, None)
@@ -250,6 +252,12 @@ async fn attempt(
             .await
             .map(|_| ()),
         Operation::ChangeSettings => w.set_setting(caller, "idle_days", "10").await,
+        Operation::ReadAudit => {
+            w.audit_export(caller).await?;
+            w.audit_checkpoint(caller).await?;
+            w.audit_entries(caller, 0, 10).await.map(|_| ())
+        }
+        Operation::RotateAuditKeys => w.audit_rotate(caller, "test").await.map(|_| ()),
         // Deciding held calls arrives with the approvals issue; until then the
         // role table in warden-policy is what the service will consult.
         Operation::DecideApproval => match caller {

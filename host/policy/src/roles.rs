@@ -123,11 +123,15 @@ pub enum Operation {
     AddPrincipal,
     ChangeSettings,
     DecideApproval,
+    /// Read the audit trail: entries, payloads, checkpoints, proofs, export.
+    ReadAudit,
+    /// Rotate the tenant's audit keys.
+    RotateAuditKeys,
 }
 
 impl Operation {
     /// Every operation.
-    pub const ALL: [Operation; 15] = [
+    pub const ALL: [Operation; 17] = [
         Operation::ReadInventory,
         Operation::PublishTool,
         Operation::DraftAgent,
@@ -143,6 +147,8 @@ impl Operation {
         Operation::AddPrincipal,
         Operation::ChangeSettings,
         Operation::DecideApproval,
+        Operation::ReadAudit,
+        Operation::RotateAuditKeys,
     ];
 
     /// The operation as the CLI names it.
@@ -163,13 +169,15 @@ impl Operation {
             Operation::AddPrincipal => "principal add",
             Operation::ChangeSettings => "tenant set",
             Operation::DecideApproval => "approval decide",
+            Operation::ReadAudit => "audit export",
+            Operation::RotateAuditKeys => "audit rotate-key",
         }
     }
 
     /// The one role this operation needs.
     pub fn required_role(self) -> Role {
         match self {
-            Operation::ReadInventory => Role::Viewer,
+            Operation::ReadInventory | Operation::ReadAudit => Role::Viewer,
             Operation::PublishTool | Operation::DraftAgent => Role::Builder,
             Operation::DecideApproval => Role::Approver,
             Operation::DeployTool
@@ -182,7 +190,8 @@ impl Operation {
             | Operation::DecommissionAgent
             | Operation::IssueCredential
             | Operation::AddPrincipal
-            | Operation::ChangeSettings => Role::Deployer,
+            | Operation::ChangeSettings
+            | Operation::RotateAuditKeys => Role::Deployer,
         }
     }
 }

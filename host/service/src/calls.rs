@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tracing::Instrument as _;
+use warden_audit::{Entry, sha256_hex};
 use warden_policy::{Classification, Effect, Grant, Manifest};
 use warden_runtime::{Backends, Call, Outcome, Report, Tool};
 use warden_store::{TenantStore, TokenRecord};
@@ -354,20 +355,53 @@ impl Warden {
         input: &str,
     ) -> Result<Report> {
         let store = self.store.tenant(&session.tenant).await?;
-        let (grant, component) = match self.resolve(&store, &session, tool).await? {
+        let entry = |kind: &str| {
+            let mut e = Entry::new(
+                &session.tenant,
+                kind,
+                &format!("agent:{}", session.agent),
+                crate::audit::now_ms(),
+            );
+            e.agent = Some(session.agent.clone());
+            e.tool = Some(tool.to_owned());
+            e.action = Some(action.to_owned());
+            e.correlation = Some(session.correlation_id.clone());
+            e.args_sha256 = Some(sha256_hex(input.as_bytes()));
+            e
+        };
+        let resolved = match self.resolve(&store, &session, tool).await? {
+            Resolved::Run { grant, .. } if !grant.allows_action(action) => Resolved::Refused(
+                format!("action `{action}` of tool `{tool}` is not in the grant"),
+            ),
+            r => r,
+        };
+        let (grant, component) = match resolved {
             Resolved::Refused(reason) => {
                 tracing::info!(%reason, "call refused");
+                let mut e = entry("invocation.decided");
+                e.decision = Some("deny".into());
+                e.rule = Some("grant".into());
+                e.detail = serde_json::json!({ "reason": reason });
+                self.audit
+                    .append(&store, e, Some((Some(input.to_owned()), None)))
+                    .await?;
                 return Ok(refused(tool, action, reason));
             }
             Resolved::Run { grant, tool, .. } => (grant, tool),
         };
-        if !grant.allows_action(action) {
-            return Ok(refused(
-                tool,
-                action,
-                format!("action `{action}` of tool `{tool}` is not in the grant"),
-            ));
-        }
+        // Write-ahead: the decision is durable before anything runs.
+        let mut decided = entry("invocation.decided");
+        decided.decision = Some("allow".into());
+        decided.rule = Some("grant".into());
+        decided.component = Some(component.hash_hex());
+        decided.detail = serde_json::json!({
+            "capabilities": grant.capabilities().iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "version": component.info().version,
+        });
+        let decided_seq = self
+            .audit
+            .append(&store, decided, Some((Some(input.to_owned()), None)))
+            .await?;
         let backends = Backends {
             kv: self.kv_of(&session.tenant),
             secrets: Arc::new(TenantSecrets {
@@ -378,6 +412,27 @@ impl Warden {
             .runtime
             .invoke(&component, grant, &backends, Call { action, input })
             .await;
+        // The answer goes out only once its completion entry is durable.
+        let mut finished = entry("invocation.finished");
+        finished.component = Some(report.component_sha256.clone());
+        finished.decision = Some(report.outcome.kind().to_owned());
+        if let Outcome::Denied { rule, .. } = &report.outcome {
+            finished.rule = Some(rule.clone());
+        }
+        finished.fuel = Some(report.fuel_used);
+        finished.elapsed_us = Some(report.elapsed_us);
+        let output = report.output.as_ref().map(ToString::to_string);
+        finished.result_sha256 = output.as_deref().map(|o| sha256_hex(o.as_bytes()));
+        finished.detail = serde_json::json!({
+            "decided": decided_seq,
+            "reason": (!report.outcome.is_ok()).then(|| report.outcome.reason()),
+            "imports": report.imports,
+            "logs_dropped": report.logs_dropped,
+            "stdio_dropped": report.stdio_dropped,
+        });
+        self.audit
+            .append(&store, finished, Some((None, output)))
+            .await?;
         self.touch(&store, &session).await;
         Ok(report)
     }

@@ -118,7 +118,7 @@ fn days(kind: &str, n: u32, max: u32) -> Result<i64> {
 impl Warden {
     /// The principal calling, checked to hold the role `op` needs. The admin
     /// key holds no tenant role.
-    fn principal<'a>(&self, caller: &'a Caller, op: Operation) -> Result<&'a Principal> {
+    pub(crate) fn principal<'a>(&self, caller: &'a Caller, op: Operation) -> Result<&'a Principal> {
         match caller {
             Caller::Admin => Err(Error::Forbidden(format!(
                 "the admin key only creates tenants and their first deployer; `{}` needs a principal with the {} role",

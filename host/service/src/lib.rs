@@ -15,6 +15,7 @@
 
 #![forbid(unsafe_code)]
 
+mod audit;
 mod cache;
 mod calls;
 mod governance;
@@ -30,9 +31,11 @@ use warden_policy::Roles;
 use warden_runtime::{MemoryKv, Runtime, RuntimeConfig, Tool};
 use warden_store::Store;
 
+pub use audit::{ConsistencyProof, InclusionProof};
 pub use calls::{AccessToken, AgentSession, GrantedAction};
 pub use governance::{AgentSummary, Inventory, Settings, ToolSummary};
 pub use keys::KeyKind;
+pub use warden_audit::{Bundle, Record as AuditRecord};
 pub use warden_store::{
     AgentRecord, AgentStatus, DeploymentRecord, EventRecord, GrantRecord, PrincipalRecord,
     ToolVersionRecord,
@@ -185,6 +188,8 @@ pub struct Warden {
     kv: Mutex<HashMap<String, Arc<MemoryKv>>>,
     /// Sessions and resolved calls, valid for one call generation.
     cache: cache::CallCache,
+    /// The audit writers.
+    audit: audit::AuditLog,
 }
 
 impl std::fmt::Debug for Warden {
@@ -220,6 +225,7 @@ impl Warden {
             .install_admin_key(&warden_store::hash_secret(&key), now)
             .await?
             .then_some(key);
+        let audit_log = audit::AuditLog::new(&config.data_dir);
         Ok(Opened {
             warden: Warden {
                 store,
@@ -230,6 +236,7 @@ impl Warden {
                 tools: Mutex::new(HashMap::new()),
                 kv: Mutex::new(HashMap::new()),
                 cache: cache::CallCache::default(),
+                audit: audit_log,
             },
             bootstrap_key,
         })
@@ -258,6 +265,7 @@ impl Warden {
 
     /// Closes the databases cleanly.
     pub async fn close(&self) {
+        self.audit.flush(&self.store).await;
         self.store.close().await;
     }
 

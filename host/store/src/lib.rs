@@ -16,6 +16,7 @@
 
 #![forbid(unsafe_code)]
 
+mod audit;
 mod records;
 mod tenant;
 
@@ -28,6 +29,7 @@ use std::time::Duration;
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
+pub use audit::{AuditBatch, AuditRow};
 pub use records::{
     AgentRecord, AgentStatus, DeploymentRecord, EventRecord, GrantRecord, PrincipalRecord,
     TokenRecord, ToolVersionRecord,

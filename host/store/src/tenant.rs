@@ -19,7 +19,7 @@ use crate::{Error, Result};
 #[derive(Debug, Clone)]
 pub struct TenantStore {
     name: String,
-    pool: SqlitePool,
+    pub(crate) pool: SqlitePool,
 }
 
 /// A principal to add.
@@ -197,7 +197,7 @@ impl TenantStore {
         self.pool.close().await;
     }
 
-    async fn write(&self) -> Result<Transaction<'static, Sqlite>> {
+    pub(crate) async fn write(&self) -> Result<Transaction<'static, Sqlite>> {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
 

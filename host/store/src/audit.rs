@@ -1,0 +1,172 @@
+//! Storage of the audit trail: sealed entries, checkpoints, payloads, and the
+//! cursor over the governance history. Appends are one `BEGIN IMMEDIATE`
+//! transaction per batch (one sync for many entries: group commit), and only
+//! when the stored head is where the writer thinks it is, so two processes
+//! appending to one tenant can never fork its chain.
+
+use sqlx::Row;
+
+use crate::records::EventRecord;
+use crate::{Result, TenantStore};
+
+/// One stored entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRow {
+    pub seq: i64,
+    pub body: String,
+    pub mac: String,
+    pub cosign: Option<String>,
+}
+
+/// What one group commit writes.
+#[derive(Debug, Default)]
+pub struct AuditBatch {
+    /// The sequence number the first row must have.
+    pub first_seq: i64,
+    pub rows: Vec<AuditRow>,
+    /// (seq, input, output) of calls whose payloads are kept.
+    pub payloads: Vec<(i64, Option<String>, Option<String>)>,
+    /// (tree size, signed note, time in ms).
+    pub checkpoint: Option<(i64, String, i64)>,
+    /// The governance history is chained up to this event.
+    pub events_seq: Option<i64>,
+}
+
+impl TenantStore {
+    /// Appends a batch atomically. `Ok(false)`: the stored chain has moved
+    /// (another writer appended); nothing was written.
+    pub async fn append_audit(&self, batch: &AuditBatch) -> Result<bool> {
+        let mut tx = self.write().await?;
+        let next: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq) + 1, 0) FROM audit_entries")
+            .fetch_one(&mut *tx)
+            .await?;
+        if next != batch.first_seq {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        for r in &batch.rows {
+            sqlx::query("INSERT INTO audit_entries (seq, body, mac, cosign) VALUES (?, ?, ?, ?)")
+                .bind(r.seq)
+                .bind(&r.body)
+                .bind(&r.mac)
+                .bind(&r.cosign)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for (seq, input, output) in &batch.payloads {
+            sqlx::query("INSERT INTO audit_payloads (seq, input, output) VALUES (?, ?, ?)")
+                .bind(seq)
+                .bind(input)
+                .bind(output)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some((size, note, at)) = &batch.checkpoint {
+            sqlx::query(
+                "INSERT OR IGNORE INTO audit_checkpoints (size, note, at_ms) VALUES (?, ?, ?)",
+            )
+            .bind(size)
+            .bind(note)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if let Some(seq) = batch.events_seq {
+            sqlx::query("UPDATE audit_cursor SET events_seq = ? WHERE id = 1 AND events_seq < ?")
+                .bind(seq)
+                .bind(seq)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Stored entries with `seq >= from`, at most `limit`, in order.
+    pub async fn audit_rows(&self, from: i64, limit: i64) -> Result<Vec<AuditRow>> {
+        let rows = sqlx::query(
+            "SELECT seq, body, mac, cosign FROM audit_entries WHERE seq >= ? ORDER BY seq LIMIT ?",
+        )
+        .bind(from)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditRow {
+                    seq: r.try_get("seq")?,
+                    body: r.try_get("body")?,
+                    mac: r.try_get("mac")?,
+                    cosign: r.try_get("cosign")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Every checkpoint: (size, note), smallest first.
+    pub async fn audit_checkpoints(&self) -> Result<Vec<(i64, String)>> {
+        let rows = sqlx::query("SELECT size, note FROM audit_checkpoints ORDER BY size")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("size")?, r.try_get("note")?)))
+            .collect()
+    }
+
+    /// Adds a checkpoint (ignored when one of that size exists).
+    pub async fn add_audit_checkpoint(&self, size: i64, note: &str, at_ms: i64) -> Result<()> {
+        sqlx::query("INSERT OR IGNORE INTO audit_checkpoints (size, note, at_ms) VALUES (?, ?, ?)")
+            .bind(size)
+            .bind(note)
+            .bind(at_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The stored payloads of one entry: (input, output).
+    pub async fn audit_payload(
+        &self,
+        seq: i64,
+    ) -> Result<Option<(Option<String>, Option<String>)>> {
+        let row = sqlx::query("SELECT input, output FROM audit_payloads WHERE seq = ?")
+            .bind(seq)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| Ok((r.try_get("input")?, r.try_get("output")?)))
+            .transpose()
+    }
+
+    /// How far the governance history has been chained.
+    pub async fn audit_events_cursor(&self) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT events_seq FROM audit_cursor WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Governance events after `seq`, oldest first, at most `limit`.
+    pub async fn events_after(&self, seq: i64, limit: i64) -> Result<Vec<EventRecord>> {
+        let rows = sqlx::query(
+            "SELECT seq, at, actor, action, subject, detail FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(seq)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let detail: String = r.try_get("detail")?;
+                Ok(EventRecord {
+                    seq: r.try_get("seq")?,
+                    at: r.try_get("at")?,
+                    actor: r.try_get("actor")?,
+                    action: r.try_get("action")?,
+                    subject: r.try_get("subject")?,
+                    detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
+                })
+            })
+            .collect()
+    }
+}
