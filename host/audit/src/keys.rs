@@ -114,6 +114,14 @@ impl KeyFile {
             .ok_or_else(|| "audit key file has no key".into())
     }
 
+    /// Every HMAC key by id, for verification.
+    pub fn hmac_keys(&self) -> std::collections::HashMap<String, Vec<u8>> {
+        self.pairs
+            .iter()
+            .filter_map(|p| Some((p.hmac_id.clone(), hex::decode(&p.hmac_key).ok()?)))
+            .collect()
+    }
+
     pub fn by_hmac_id(&self, id: &str) -> Option<&KeyPair> {
         self.pairs.iter().find(|p| p.hmac_id == id)
     }

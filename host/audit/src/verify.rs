@@ -193,6 +193,17 @@ pub fn verify(
             );
             break;
         }
+        if !hmac_keys.is_empty() && !hmac_keys.contains_key(&e.key) {
+            fail(
+                &mut v,
+                pos,
+                format!(
+                    "entry {pos} names HMAC key `{}`, which is not among the given keys",
+                    e.key
+                ),
+            );
+            break;
+        }
         if let Some(key) = hmac_keys.get(&e.key) {
             if !mac_ok(key, body, &r.mac) {
                 fail(

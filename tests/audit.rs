@@ -1,0 +1,508 @@
+//! The audit trail over real calls: export and offline verification, a tamper
+//! campaign located at the right entry, key rotation continuity, independent
+//! verifiers (`tlog_tiles`, `signed_note`), append-only tables, and failing
+//! closed when the trail cannot be written.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use warden_audit::{Bundle, KeyFile, Record, verify};
+use warden_policy::{Grant, Limits};
+use warden_service::{Caller, Config, Warden};
+use warden_tests::{guest, root};
+
+struct Env {
+    dir: tempfile::TempDir,
+    w: Arc<Warden>,
+    deployer: Caller,
+    token: String,
+}
+
+async fn open(dir: &std::path::Path) -> (Warden, Option<String>) {
+    let mut config = Config::new(dir.to_owned());
+    config.cache_dir = Some(root().join("target/warden-test-cache"));
+    let o = Warden::open(config).await.expect("open");
+    (o.warden, o.bootstrap_key)
+}
+
+/// A tenant with the `text` and `kv` tools granted to one agent.
+async fn env() -> Env {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (w, admin) = open(dir.path()).await;
+    let admin = w.authenticate(&admin.expect("admin")).await.expect("admin");
+    w.create_tenant(&admin, "acme").await.expect("tenant");
+    let roles = |r: &[&str]| r.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    let (_, dk) = w
+        .add_principal(&admin, "acme", "alice", &roles(&["deployer", "viewer"]))
+        .await
+        .expect("alice");
+    let deployer = w.authenticate(&dk).await.expect("alice");
+    let (_, bk) = w
+        .add_principal(&deployer, "acme", "bob", &roles(&["builder"]))
+        .await
+        .expect("bob");
+    let builder = w.authenticate(&bk).await.expect("bob");
+    for tool in ["text", "kv"] {
+        let bytes = std::fs::read(guest(tool)).expect("component");
+        let manifest = std::fs::read_to_string(root().join(format!("tools/{tool}/tool.toml")))
+            .expect("manifest");
+        w.publish_tool(&builder, &bytes, &manifest)
+            .await
+            .expect("publish");
+        w.deploy_tool(&deployer, tool, "0.1.0")
+            .await
+            .expect("deploy");
+    }
+    w.create_agent(&builder, "bot", "audit test", None, None)
+        .await
+        .expect("agent");
+    w.activate_agent(&deployer, "bot").await.expect("activate");
+    let mut text = Grant::empty(Limits::STANDARD);
+    text.actions = Some(["word_count".to_owned()].into_iter().collect());
+    w.add_grant(&deployer, "bot", "text", &text, None)
+        .await
+        .expect("grant text");
+    let kv = Grant::from_toml("[kv]\nnamespace = \"bot\"\nwrite = true\n").expect("kv grant");
+    w.add_grant(&deployer, "bot", "kv", &kv, None)
+        .await
+        .expect("grant kv");
+    let cred = w.issue_credential(&deployer, "bot").await.expect("cred");
+    let token = w
+        .exchange_credential(&cred, None, None)
+        .await
+        .expect("token")
+        .token;
+    Env {
+        dir,
+        w: Arc::new(w),
+        deployer,
+        token,
+    }
+}
+
+/// `n` real calls, 16 at a time: word counts, kv puts and a denied action.
+async fn calls(e: &Env, n: usize) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..16 {
+        let w = e.w.clone();
+        let token = e.token.clone();
+        tasks.spawn(async move {
+            let s = w.authenticate_agent(&token).await.expect("token");
+            for i in (worker..n).step_by(16) {
+                let (tool, action, input) = match i % 3 {
+                    0 => ("text", "word_count", format!(r#"{{"text":"call {i}"}}"#)),
+                    1 => ("kv", "put", format!(r#"{{"key":"k{i}","value":"v"}}"#)),
+                    _ => ("text", "regex_extract", "{}".to_owned()),
+                };
+                w.invoke(&s, tool, action, &input)
+                    .await
+                    .expect("call answered");
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.expect("worker");
+    }
+}
+
+fn hmac_keys(e: &Env) -> HashMap<String, Vec<u8>> {
+    let text = std::fs::read(e.w.audit_key_file("acme")).expect("key file");
+    let keys: KeyFile = serde_json::from_slice(&text).expect("key file parses");
+    keys.hmac_keys()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_calls_export_and_verify_offline() {
+    let e = env().await;
+    calls(&e, 60).await;
+    let bundle = e.w.audit_export(&e.deployer).await.expect("export");
+    let v = verify(&bundle, &hmac_keys(&e), None);
+    assert!(v.ok(), "{:?}", v.failure);
+    assert_eq!(v.entries, bundle.records.len() as u64);
+    assert_eq!(v.hmac_checked, v.entries);
+    assert_eq!(v.checkpointed, v.entries, "the export ends at a checkpoint");
+    // Without the HMAC keys the chain, the roots and the signatures still verify.
+    let v = verify(&bundle, &HashMap::new(), Some(&bundle.signers[0]));
+    assert!(v.ok(), "{:?}", v.failure);
+    assert_eq!(v.hmac_checked, 0);
+
+    // What is recorded: governance changes, and for every call a decision and
+    // (when it ran) a completion with digests, fuel and imports.
+    let entries: Vec<warden_audit::Entry> = bundle
+        .records
+        .iter()
+        .map(|r| warden_audit::Entry::decode(r.body.as_bytes()).expect("entry"))
+        .collect();
+    let kinds = |k: &str| entries.iter().filter(|e| e.kind == k).count();
+    assert_eq!(kinds("invocation.decided"), 60);
+    assert_eq!(
+        kinds("invocation.finished"),
+        40,
+        "the 20 denied calls never ran"
+    );
+    assert!(
+        kinds("governance") >= 10,
+        "tenant, principals, tools, agent, grants"
+    );
+    let denied = entries
+        .iter()
+        .find(|e| e.decision.as_deref() == Some("deny"))
+        .expect("a denial");
+    assert_eq!(denied.action.as_deref(), Some("regex_extract"));
+    assert!(
+        denied.detail["reason"]
+            .as_str()
+            .expect("reason")
+            .contains("not in the grant")
+    );
+    let put = entries
+        .iter()
+        .find(|e| e.kind == "invocation.finished" && e.tool.as_deref() == Some("kv"))
+        .expect("a kv call");
+    assert_eq!(put.decision.as_deref(), Some("ok"));
+    assert!(put.fuel.expect("fuel") > 0);
+    assert!(put.correlation.as_deref().is_some_and(|c| !c.is_empty()));
+    assert_eq!(put.detail["imports"][0]["capability"], "kv");
+    // Payloads are stored beside the entries, matching their digests.
+    let (input, _) =
+        e.w.audit_payload(&e.deployer, put.detail["decided"].as_u64().expect("seq"))
+            .await
+            .expect("payload");
+    let decided = &entries[put.detail["decided"].as_u64().expect("seq") as usize];
+    assert_eq!(
+        Some(warden_audit::sha256_hex(input.expect("input").as_bytes())),
+        decided.args_sha256
+    );
+}
+
+/// Applies one random change and says where it must be found.
+#[derive(Debug, Clone, Copy)]
+enum Tamper {
+    Byte,
+    Mac,
+    Delete,
+    Insert,
+    Swap,
+    Truncate,
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+fn tamper(b: &Bundle, t: Tamper, rng: &mut Rng) -> (Bundle, u64) {
+    let mut b = b.clone();
+    let n = b.records.len();
+    match t {
+        Tamper::Byte => {
+            let k = rng.below(n);
+            let mut body = b.records[k].body.clone().into_bytes();
+            let i = rng.below(body.len());
+            let old = body[i];
+            let mut new = b' ' + (rng.next() % 94) as u8;
+            if new == old {
+                new = if old == b'a' { b'b' } else { b'a' };
+            }
+            body[i] = new;
+            b.records[k].body = String::from_utf8(body).expect("ascii");
+            (b, k as u64)
+        }
+        Tamper::Mac => {
+            let k = rng.below(n);
+            let mut mac = b.records[k].mac.clone().into_bytes();
+            let i = rng.below(mac.len());
+            mac[i] = if mac[i] == b'0' { b'1' } else { b'0' };
+            b.records[k].mac = String::from_utf8(mac).expect("ascii");
+            (b, k as u64)
+        }
+        Tamper::Delete => {
+            let k = rng.below(n);
+            b.records.remove(k);
+            (b, k as u64)
+        }
+        Tamper::Insert => {
+            let k = rng.below(n);
+            let mut j = rng.below(n);
+            if j == k {
+                j = (k + 1) % n;
+            }
+            let copy: Record = b.records[j].clone();
+            b.records.insert(k, copy);
+            (b, k as u64)
+        }
+        Tamper::Swap => {
+            let k = rng.below(n - 1);
+            b.records.swap(k, k + 1);
+            (b, k as u64)
+        }
+        Tamper::Truncate => {
+            let k = rng.below(n);
+            b.records.truncate(k);
+            (b, k as u64)
+        }
+    }
+}
+
+/// Hundreds of random single changes to a log of a few thousand real
+/// entries: each is detected and located at the entry it touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tamper_campaign_is_detected_and_located() {
+    let e = env().await;
+    calls(&e, 1500).await;
+    let bundle = e.w.audit_export(&e.deployer).await.expect("export");
+    assert!(
+        bundle.records.len() >= 2500,
+        "{} entries",
+        bundle.records.len()
+    );
+    let keys = hmac_keys(&e);
+    assert!(verify(&bundle, &keys, None).ok());
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let kinds = [
+        Tamper::Byte,
+        Tamper::Mac,
+        Tamper::Delete,
+        Tamper::Insert,
+        Tamper::Swap,
+        Tamper::Truncate,
+    ];
+    let mut tried = HashMap::new();
+    for round in 0..360 {
+        let t = kinds[round % kinds.len()];
+        let (bad, at) = tamper(&bundle, t, &mut rng);
+        let v = verify(&bad, &keys, None);
+        let f = v
+            .failure
+            .unwrap_or_else(|| panic!("round {round}: {t:?} at {at} went undetected"));
+        assert_eq!(
+            f.position, at,
+            "round {round}: {t:?} at {at}, reported {f:?}"
+        );
+        *tried.entry(format!("{t:?}")).or_insert(0) += 1;
+    }
+    assert_eq!(tried.len(), 6);
+
+    // Without the HMAC keys, every change is still detected.
+    for round in 0..60 {
+        let t = kinds[round % kinds.len()];
+        if matches!(t, Tamper::Mac) {
+            continue; // an HMAC can only be checked with its key
+        }
+        let (bad, at) = tamper(&bundle, t, &mut rng);
+        let v = verify(&bad, &HashMap::new(), None);
+        assert!(v.failure.is_some(), "{t:?} at {at} undetected without keys");
+    }
+
+    // An attacker without the keys who rewrites an entry and re-links every
+    // later one is caught by the signed checkpoint.
+    let mut forged = bundle.clone();
+    let k = 1000;
+    let mut entry = warden_audit::Entry::decode(forged.records[k].body.as_bytes()).expect("entry");
+    entry.actor = "someone-else".into();
+    forged.records[k].body = String::from_utf8(entry.encode()).expect("utf-8");
+    for i in k + 1..forged.records.len() {
+        let prev = warden_audit::sha256_hex(forged.records[i - 1].body.as_bytes());
+        let mut e = warden_audit::Entry::decode(forged.records[i].body.as_bytes()).expect("entry");
+        e.prev = prev;
+        forged.records[i].body = String::from_utf8(e.encode()).expect("utf-8");
+    }
+    let v = verify(&forged, &HashMap::new(), None);
+    let f = v.failure.expect("a relinked rewrite is detected");
+    assert!(f.problem.contains("checkpoint"), "{f:?}");
+    assert!(f.position <= k as u64, "{f:?}");
+    // With the keys, it is located exactly.
+    assert_eq!(
+        verify(&forged, &keys, None)
+            .failure
+            .expect("detected")
+            .position,
+        k as u64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_rotation_verifies_and_a_forged_rotation_does_not() {
+    let e = env().await;
+    calls(&e, 20).await;
+    let seq =
+        e.w.audit_rotate(&e.deployer, "quarterly")
+            .await
+            .expect("rotate");
+    calls(&e, 20).await;
+    let bundle = e.w.audit_export(&e.deployer).await.expect("export");
+    let keys = hmac_keys(&e);
+    assert_eq!(keys.len(), 2);
+    let v = verify(&bundle, &keys, None);
+    assert!(v.ok(), "{:?}", v.failure);
+    assert_eq!(v.rotations, 1);
+    assert_eq!(bundle.signers.len(), 2);
+    // Entries after the rotation use the new HMAC key.
+    let last = warden_audit::Entry::decode(bundle.records.last().expect("entries").body.as_bytes())
+        .expect("entry");
+    let rot =
+        warden_audit::Entry::decode(bundle.records[seq as usize].body.as_bytes()).expect("entry");
+    assert_eq!(rot.kind, "key.rotate");
+    assert_eq!(last.key, rot.detail["new_key"].as_str().expect("new key"));
+
+    // A rotation not signed by the old key is rejected.
+    let mut forged = bundle.clone();
+    let intruder = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
+    use base64::Engine as _;
+    use ed25519_dalek::Signer as _;
+    let body = forged.records[seq as usize].body.clone();
+    forged.records[seq as usize]
+        .cosign
+        .as_mut()
+        .expect("cosign")
+        .sig_old =
+        base64::engine::general_purpose::STANDARD.encode(intruder.sign(body.as_bytes()).to_bytes());
+    let f = verify(&forged, &HashMap::new(), None)
+        .failure
+        .expect("rejected");
+    assert_eq!(f.position, seq);
+    assert!(f.problem.contains("not signed by the old key"), "{f:?}");
+    // Nor one without its co-signatures.
+    let mut bare = bundle.clone();
+    bare.records[seq as usize].cosign = None;
+    assert!(
+        verify(&bare, &HashMap::new(), None)
+            .failure
+            .expect("rejected")
+            .problem
+            .contains("co-signatures")
+    );
+    // A checkpoint signed by the retired key after the rotation is refused:
+    // pinning a different first key fails at once.
+    let other = warden_audit::note::verifier_key("warden/acme", &intruder.verifying_key());
+    assert!(
+        verify(&bundle, &HashMap::new(), Some(&other))
+            .failure
+            .is_some()
+    );
+}
+
+/// `tlog_tiles` and `signed_note` (independent implementations) accept our
+/// checkpoints and proofs, and reject forged ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn independent_verifiers_accept_our_checkpoints_and_proofs() {
+    use signed_note::{Note, StandardVerifier, VerifierList};
+    use tlog_tiles::{Checkpoint, Hash, check_record, check_tree};
+
+    let e = env().await;
+    calls(&e, 30).await;
+    let old = e.w.audit_sync(&e.deployer).await.expect("sync");
+    calls(&e, 30).await;
+    let new = e.w.audit_sync(&e.deployer).await.expect("sync");
+    assert!(new > old);
+    let bundle = e.w.audit_export(&e.deployer).await.expect("export");
+    let verifiers = || {
+        VerifierList::new(
+            bundle
+                .signers
+                .iter()
+                .map(|k| {
+                    Box::new(StandardVerifier::new(k).expect("verifier key"))
+                        as Box<dyn signed_note::Verifier>
+                })
+                .collect(),
+        )
+    };
+    let hash = |h: &str| Hash(hex::decode(h).expect("hex").try_into().expect("32 bytes"));
+
+    let incl =
+        e.w.audit_inclusion(&e.deployer, old / 2, Some(new))
+            .await
+            .expect("inclusion");
+    let note = Note::from_bytes(incl.checkpoint.as_bytes()).expect("note parses");
+    note.verify(&verifiers())
+        .expect("signed_note accepts our checkpoint");
+    let cp = Checkpoint::from_bytes(note.text()).expect("tlog checkpoint parses");
+    assert_eq!((cp.origin(), cp.size()), ("warden/acme", new));
+    assert_eq!(cp.hash(), &hash(&incl.root));
+    let proof: Vec<Hash> = incl.proof.iter().map(|h| hash(h)).collect();
+    let leaf = tlog_tiles::record_hash(incl.record.body.as_bytes());
+    assert_eq!(leaf, hash(&incl.leaf_hash));
+    check_record(&proof, new, *cp.hash(), old / 2, leaf)
+        .expect("tlog_tiles accepts the inclusion proof");
+    let mut bad = proof.clone();
+    bad[0].0[0] ^= 1;
+    assert!(check_record(&bad, new, *cp.hash(), old / 2, leaf).is_err());
+
+    let cons =
+        e.w.audit_consistency(&e.deployer, old, Some(new))
+            .await
+            .expect("consistency");
+    let old_note = Note::from_bytes(cons.old_checkpoint.as_bytes()).expect("note");
+    old_note
+        .verify(&verifiers())
+        .expect("old checkpoint verifies");
+    let old_cp = Checkpoint::from_bytes(old_note.text()).expect("checkpoint");
+    let proof: Vec<Hash> = cons.proof.iter().map(|h| hash(h)).collect();
+    check_tree(&proof, new, *cp.hash(), old, *old_cp.hash())
+        .expect("tlog_tiles accepts the consistency proof");
+    let mut bad = proof.clone();
+    bad[0].0[5] ^= 1;
+    assert!(check_tree(&bad, new, *cp.hash(), old, *old_cp.hash()).is_err());
+
+    // A forged checkpoint (another size, same signature) is rejected.
+    let forged = incl
+        .checkpoint
+        .replacen(&format!("\n{new}\n"), &format!("\n{}\n", new + 1), 1);
+    let forged = Note::from_bytes(forged.as_bytes()).expect("still a note");
+    assert!(forged.verify(&verifiers()).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_tables_refuse_update_and_delete() {
+    let e = env().await;
+    calls(&e, 3).await;
+    e.w.audit_sync(&e.deployer).await.expect("sync");
+    let path = e.dir.path().join("tenants/acme.db");
+    let db = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .expect("db");
+    for sql in [
+        "UPDATE audit_entries SET mac = 'x' WHERE seq = 0",
+        "DELETE FROM audit_entries WHERE seq = 0",
+        "UPDATE audit_checkpoints SET note = 'x'",
+        "DELETE FROM audit_checkpoints",
+        "UPDATE audit_payloads SET input = 'x'",
+        "DELETE FROM audit_payloads",
+        "UPDATE events SET actor = 'x'",
+        "DELETE FROM events",
+    ] {
+        let err = sqlx::query(sql).execute(&db).await.expect_err(sql);
+        assert!(err.to_string().contains("append-only"), "{sql}: {err}");
+    }
+    db.close().await;
+}
+
+/// Without its keys the trail cannot be written, and then nothing runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_fails_closed_when_the_trail_cannot_be_written() {
+    let e = env().await;
+    calls(&e, 3).await;
+    e.w.close().await;
+    std::fs::remove_file(e.w.audit_key_file("acme")).expect("remove key file");
+    let (w, _) = open(e.dir.path()).await;
+    let s = w.authenticate_agent(&e.token).await.expect("token");
+    let err = w
+        .invoke(&s, "kv", "put", r#"{"key":"after","value":"v"}"#)
+        .await
+        .expect_err("the call must fail closed");
+    assert!(err.to_string().contains("audit"), "{err}");
+    // The kv write never happened: the kv tool reads nothing back.
+    let err = w.invoke(&s, "kv", "get", r#"{"key":"after"}"#).await;
+    assert!(err.is_err());
+    w.close().await;
+}
