@@ -603,6 +603,118 @@ pub async fn grants(
     })))
 }
 
+// ---- audit ---------------------------------------------------------------------------
+
+pub async fn audit_checkpoint(
+    State(state): State<AppState>,
+    Bearer(k): Bearer,
+) -> ApiResult<Json<Value>> {
+    let c = operator(&state, &k).await?;
+    Ok(Json(
+        json!({ "checkpoint": state.warden.audit_checkpoint(&c).await? }),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntriesQuery {
+    #[serde(default)]
+    from: u64,
+    #[serde(default = "default_limit")]
+    limit: u64,
+}
+
+fn default_limit() -> u64 {
+    100
+}
+
+pub async fn audit_entries(
+    State(state): State<AppState>,
+    Bearer(k): Bearer,
+    Query(q): Query<EntriesQuery>,
+) -> ApiResult<Json<Value>> {
+    let c = operator(&state, &k).await?;
+    Ok(Json(json!({
+        "entries": state.warden.audit_entries(&c, q.from, q.limit).await?
+    })))
+}
+
+pub async fn audit_payload(
+    State(state): State<AppState>,
+    Bearer(k): Bearer,
+    Path(seq): Path<u64>,
+) -> ApiResult<Json<Value>> {
+    let c = operator(&state, &k).await?;
+    let (input, output) = state.warden.audit_payload(&c, seq).await?;
+    Ok(Json(
+        json!({ "seq": seq, "input": input, "output": output }),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InclusionQuery {
+    seq: u64,
+    #[serde(default)]
+    size: Option<u64>,
+}
+
+pub async fn audit_inclusion(
+    State(state): State<AppState>,
+    Bearer(k): Bearer,
+    Query(q): Query<InclusionQuery>,
+) -> ApiResult<Json<Value>> {
+    let c = operator(&state, &k).await?;
+    Ok(Json(json!(
+        state.warden.audit_inclusion(&c, q.seq, q.size).await?
+    )))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsistencyQuery {
+    old: u64,
+    #[serde(default)]
+    new: Option<u64>,
+}
+
+pub async fn audit_consistency(
+    State(state): State<AppState>,
+    Bearer(k): Bearer,
+    Query(q): Query<ConsistencyQuery>,
+) -> ApiResult<Json<Value>> {
+    let c = operator(&state, &k).await?;
+    Ok(Json(json!(
+        state.warden.audit_consistency(&c, q.old, q.new).await?
+    )))
+}
+
+pub async fn audit_export(
+    State(state): State<AppState>,
+    Bearer(k): Bearer,
+) -> ApiResult<Json<Value>> {
+    let c = operator(&state, &k).await?;
+    Ok(Json(json!(state.warden.audit_export(&c).await?)))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateRequest {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+pub async fn audit_rotate(
+    State(state): State<AppState>,
+    Bearer(k): Bearer,
+    ApiJson(req): ApiJson<RotateRequest>,
+) -> ApiResult<Json<Value>> {
+    let c = operator(&state, &k).await?;
+    let reason = req.reason.as_deref().unwrap_or("rotated over the API");
+    let seq = state.warden.audit_rotate(&c, reason).await?;
+    Ok(Json(json!({ "rotated": true, "seq": seq })))
+}
+
 /// The answer for a path no route serves.
 pub async fn no_route() -> ApiError {
     ApiError::new(

@@ -178,6 +178,13 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/grants/{agent}/{tool}", delete(api::revoke_grant))
         .route("/v1/inventory", get(api::inventory))
         .route("/v1/history", get(api::history))
+        .route("/v1/audit/checkpoint", get(api::audit_checkpoint))
+        .route("/v1/audit/entries", get(api::audit_entries))
+        .route("/v1/audit/entries/{seq}/payload", get(api::audit_payload))
+        .route("/v1/audit/proof/inclusion", get(api::audit_inclusion))
+        .route("/v1/audit/proof/consistency", get(api::audit_consistency))
+        .route("/v1/audit/export", get(api::audit_export))
+        .route("/v1/audit/rotate-key", post(api::audit_rotate))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .merge(publish)
         .nest_service(

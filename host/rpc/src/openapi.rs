@@ -154,6 +154,48 @@ pub const ROUTES: &[(&str, &str, Auth, &str)] = &[
         Auth::Operator,
         "The tenant's governance history (viewer)",
     ),
+    (
+        "get",
+        "/v1/audit/checkpoint",
+        Auth::Operator,
+        "The latest signed checkpoint of the tenant's audit trail (viewer)",
+    ),
+    (
+        "get",
+        "/v1/audit/entries",
+        Auth::Operator,
+        "Audit entries from `from`, at most `limit` (viewer)",
+    ),
+    (
+        "get",
+        "/v1/audit/entries/{seq}/payload",
+        Auth::Operator,
+        "The full input and output recorded with an entry (viewer)",
+    ),
+    (
+        "get",
+        "/v1/audit/proof/inclusion",
+        Auth::Operator,
+        "Inclusion proof of entry `seq` in the checkpoint of `size` (viewer)",
+    ),
+    (
+        "get",
+        "/v1/audit/proof/consistency",
+        Auth::Operator,
+        "Consistency proof between the checkpoints of `old` and `new` (viewer)",
+    ),
+    (
+        "get",
+        "/v1/audit/export",
+        Auth::Operator,
+        "An export bundle for offline verification (viewer)",
+    ),
+    (
+        "post",
+        "/v1/audit/rotate-key",
+        Auth::Operator,
+        "Rotate the tenant's audit keys (deployer)",
+    ),
 ];
 
 /// The document.

@@ -120,6 +120,10 @@ enum Command {
     Inventory,
     /// The tenant's governance history.
     History,
+    /// The signed audit trail: export, verify offline, checkpoints, proofs,
+    /// key rotation.
+    #[command(subcommand)]
+    Audit(ops::AuditCmd),
     /// (agent) Exchange a credential for a short-lived access token.
     Token {
         #[arg(long, env = "WARDEN_CREDENTIAL", hide_env_values = true)]
@@ -241,6 +245,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Credential(c) => ops::credential(common, c).await,
         Command::Inventory => ops::inventory(common).await,
         Command::History => ops::history(common).await,
+        Command::Audit(c) => ops::audit(common, c).await,
         Command::Token {
             credential,
             ttl_secs,

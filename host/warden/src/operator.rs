@@ -556,6 +556,91 @@ impl Operator {
     }
 }
 
+// ---- the audit trail ---------------------------------------------------------------------
+
+impl Operator {
+    pub async fn audit_export(&self) -> Result<warden_service::Bundle, Error> {
+        match self {
+            Operator::Local { warden, caller } => warden.audit_export(caller).await,
+            Operator::Remote(r) => r.get(&["audit", "export"]).await,
+        }
+    }
+
+    pub async fn audit_checkpoint(&self) -> Result<String, Error> {
+        match self {
+            Operator::Local { warden, caller } => warden.audit_checkpoint(caller).await,
+            Operator::Remote(r) => field(r.get(&["audit", "checkpoint"]).await?, "checkpoint"),
+        }
+    }
+
+    pub async fn audit_entries(
+        &self,
+        from: u64,
+        limit: u64,
+    ) -> Result<Vec<warden_service::AuditRecord>, Error> {
+        match self {
+            Operator::Local { warden, caller } => warden.audit_entries(caller, from, limit).await,
+            Operator::Remote(r) => {
+                let mut url = r.url(&["audit", "entries"]);
+                url.query_pairs_mut()
+                    .append_pair("from", &from.to_string())
+                    .append_pair("limit", &limit.to_string());
+                field(
+                    r.send(reqwest::Method::GET, url, None, true).await?,
+                    "entries",
+                )
+            }
+        }
+    }
+
+    pub async fn audit_inclusion(
+        &self,
+        seq: u64,
+        size: Option<u64>,
+    ) -> Result<warden_service::InclusionProof, Error> {
+        match self {
+            Operator::Local { warden, caller } => warden.audit_inclusion(caller, seq, size).await,
+            Operator::Remote(r) => {
+                let mut url = r.url(&["audit", "proof", "inclusion"]);
+                url.query_pairs_mut().append_pair("seq", &seq.to_string());
+                if let Some(s) = size {
+                    url.query_pairs_mut().append_pair("size", &s.to_string());
+                }
+                r.send(reqwest::Method::GET, url, None, true).await
+            }
+        }
+    }
+
+    pub async fn audit_consistency(
+        &self,
+        old: u64,
+        new: Option<u64>,
+    ) -> Result<warden_service::ConsistencyProof, Error> {
+        match self {
+            Operator::Local { warden, caller } => warden.audit_consistency(caller, old, new).await,
+            Operator::Remote(r) => {
+                let mut url = r.url(&["audit", "proof", "consistency"]);
+                url.query_pairs_mut().append_pair("old", &old.to_string());
+                if let Some(n) = new {
+                    url.query_pairs_mut().append_pair("new", &n.to_string());
+                }
+                r.send(reqwest::Method::GET, url, None, true).await
+            }
+        }
+    }
+
+    pub async fn audit_rotate(&self, reason: &str) -> Result<u64, Error> {
+        match self {
+            Operator::Local { warden, caller } => warden.audit_rotate(caller, reason).await,
+            Operator::Remote(r) => field(
+                r.post(&["audit", "rotate-key"], json!({ "reason": reason }))
+                    .await?,
+                "seq",
+            ),
+        }
+    }
+}
+
 // ---- the agent side over HTTP ---------------------------------------------------------
 
 impl Remote {

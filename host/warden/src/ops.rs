@@ -173,6 +173,57 @@ pub enum CredentialCmd {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum AuditCmd {
+    /// Write an export bundle (entries, checkpoints, public keys) for offline
+    /// verification (viewer).
+    Export {
+        /// Write here instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Verify an export bundle offline: chain, sequence, HMACs (with
+    /// `--keys`), key rotations, checkpoint signatures and Merkle roots.
+    /// Needs no server and no data directory.
+    Verify {
+        bundle: PathBuf,
+        /// The tenant's audit key file, to check HMACs too.
+        #[arg(long)]
+        keys: Option<PathBuf>,
+        /// The verifier key you trust for the log's first checkpoints
+        /// (`warden/<tenant>+<id>+<key>`); default: the bundle's own.
+        #[arg(long)]
+        trust: Option<String>,
+    },
+    /// Print the latest signed checkpoint (viewer).
+    Checkpoint,
+    /// List entries (viewer).
+    Entries {
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        #[arg(long, default_value_t = 100)]
+        limit: u64,
+    },
+    /// Print an inclusion proof (`--seq`) or a consistency proof (`--old`)
+    /// as JSON (viewer).
+    Prove {
+        #[arg(long, conflicts_with = "old")]
+        seq: Option<u64>,
+        #[arg(long)]
+        size: Option<u64>,
+        #[arg(long)]
+        old: Option<u64>,
+        #[arg(long)]
+        new: Option<u64>,
+    },
+    /// Rotate the tenant's audit keys now (deployer); the rotation entry is
+    /// sealed by the old and the new keys.
+    RotateKey {
+        #[arg(long, default_value = "rotated by an operator")]
+        reason: String,
+    },
+}
+
 /// Exit codes of the data-directory commands (README, "Exit codes").
 mod exit {
     pub const FAILED: u8 = 1;
@@ -947,4 +998,161 @@ pub async fn call(
         Ok(report) => crate::print_report(&report, common.json),
         Err(e) => Ok(fail(&e)),
     }
+}
+
+// ---- audit ---------------------------------------------------------------------------
+
+pub async fn audit(common: &Common, cmd: AuditCmd) -> anyhow::Result<ExitCode> {
+    let json = common.json;
+    if let AuditCmd::Verify {
+        bundle,
+        keys,
+        trust,
+    } = &cmd
+    {
+        return audit_verify(bundle, keys.as_deref(), trust.as_deref(), json);
+    }
+    with_operator!(common, |op| match &cmd {
+        AuditCmd::Export { out } => match op.audit_export().await {
+            Ok(b) => {
+                let text =
+                    serde_json::to_vec_pretty(&b).map_err(|e| Error::Internal(e.to_string()))?;
+                match out {
+                    Some(path) => {
+                        std::fs::write(path, &text).map_err(|e| {
+                            Error::Internal(format!("writing `{}`: {e}", path.display()))
+                        })?;
+                        eprintln!(
+                            "exported {} entries and {} checkpoints of tenant `{}` to {}",
+                            b.records.len(),
+                            b.checkpoints.len(),
+                            b.tenant,
+                            path.display()
+                        );
+                    }
+                    None => {
+                        let mut o = std::io::stdout().lock();
+                        let _ = o.write_all(&text);
+                        let _ = writeln!(o);
+                    }
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => Err(e),
+        },
+        AuditCmd::Checkpoint => match op.audit_checkpoint().await {
+            Ok(n) if json => print_json(&serde_json::json!({ "checkpoint": n })),
+            Ok(n) => {
+                print!("{n}");
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => Err(e),
+        },
+        AuditCmd::Entries { from, limit } => match op.audit_entries(*from, *limit).await {
+            Ok(r) if json => print_json(&r),
+            Ok(r) => {
+                for rec in r {
+                    println!("{}", rec.body);
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => Err(e),
+        },
+        AuditCmd::Prove {
+            seq,
+            size,
+            old,
+            new,
+        } => match (seq, old) {
+            (Some(seq), _) => match op.audit_inclusion(*seq, *size).await {
+                Ok(p) => print_json(&p),
+                Err(e) => Err(e),
+            },
+            (None, Some(old)) => match op.audit_consistency(*old, *new).await {
+                Ok(p) => print_json(&p),
+                Err(e) => Err(e),
+            },
+            (None, None) => Err(Error::Invalid(
+                "give --seq (inclusion proof) or --old (consistency proof)".into(),
+            )),
+        },
+        AuditCmd::RotateKey { reason } => match op.audit_rotate(reason).await {
+            Ok(seq) => say(
+                json,
+                serde_json::json!({ "rotated": true, "seq": seq }),
+                &format!(
+                    "audit keys rotated; rotation entry {seq} is sealed by the old and the new keys"
+                ),
+            ),
+            Err(e) => Err(e),
+        },
+        AuditCmd::Verify { .. } => Err(Error::Invalid("verify runs offline".into())),
+    })
+}
+
+/// `warden audit verify`: offline, from files only.
+fn audit_verify(
+    bundle: &Path,
+    keys: Option<&Path>,
+    trust: Option<&str>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let text = read(bundle, "audit bundle")?;
+    let b: warden_audit::Bundle = match serde_json::from_slice(&text) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: `{}` is not an audit bundle: {e}", bundle.display());
+            return Ok(ExitCode::from(exit::INVALID));
+        }
+    };
+    let hmac = match keys {
+        Some(k) => {
+            let kf: warden_audit::KeyFile = serde_json::from_slice(&read(k, "audit key file")?)
+                .with_context(|| format!("`{}` is not an audit key file", k.display()))?;
+            kf.hmac_keys()
+        }
+        None => std::collections::HashMap::new(),
+    };
+    let v = warden_audit::verify(&b, &hmac, trust);
+    if json {
+        print_json(&v).map_err(|e| anyhow::anyhow!("{e}"))?;
+    } else if let Some(f) = &v.failure {
+        println!("FAILED at entry {}: {}", f.position, f.problem);
+        println!(
+            "verified before it: {} entries, {} checkpoints",
+            v.entries, v.checkpoints
+        );
+    } else {
+        println!(
+            "OK: tenant `{}`: {} entries chained; {} HMACs checked{}; {} checkpoints verified (up to {} entries); {} key rotations",
+            v.tenant,
+            v.entries,
+            v.hmac_checked,
+            if keys.is_none() {
+                " (pass --keys to check them)"
+            } else {
+                ""
+            },
+            v.checkpoints,
+            v.checkpointed,
+            v.rotations
+        );
+        if trust.is_none() {
+            println!(
+                "trusted the bundle's own first key {}; pin it with --trust",
+                v.trusted
+            );
+        }
+        if v.checkpointed < v.entries {
+            println!(
+                "note: entries after {} are not covered by a checkpoint",
+                v.checkpointed
+            );
+        }
+    }
+    Ok(if v.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(exit::FAILED)
+    })
 }

@@ -431,3 +431,211 @@ fn walk(admin: &str, run: &dyn Fn(Option<&str>, &[&str]) -> Output) {
     assert_ne!(nokey.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&nokey.stderr).contains("WARDEN_KEY"));
 }
+
+/// One HTTP/1.1 request on a fresh connection; returns (status, body).
+fn http(
+    url: &str,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: &str,
+    id: &str,
+) -> std::io::Result<(u16, Value)> {
+    use std::io::{Read, Write};
+    let addr = url.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nx-request-id: {id}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other("no status line"))?;
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let v = serde_json::from_str(body).map_err(|_| std::io::Error::other("incomplete body"))?;
+    Ok((status, v))
+}
+
+/// Kill the server (SIGKILL) in the middle of a load of calls and restart
+/// it: every call acknowledged to a client has its completion entry in the
+/// trail, and the exported trail verifies offline.
+#[test]
+fn every_acknowledged_call_survives_a_killed_server_and_the_trail_verifies() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("served");
+    let client = dir.path().join("client");
+    let server = start_serve(&data);
+    let admin = admin_key(&server.printed).expect("admin key");
+    let url = server.url.clone();
+    let run = |key: Option<&str>, args: &[&str]| {
+        let mut a = vec!["--server", url.as_str()];
+        a.extend_from_slice(args);
+        warden(&client, key, &a)
+    };
+    stdout(&run(Some(&admin), &["tenant", "create", "acme"]));
+    let key = |o: Output| ok_json(&o)["api_key"].as_str().expect("key").to_owned();
+    let alice = key(run(
+        Some(&admin),
+        &[
+            "principal",
+            "add",
+            "alice",
+            "--role",
+            "deployer,viewer",
+            "--tenant",
+            "acme",
+            "--json",
+        ],
+    ));
+    let bob = key(run(
+        Some(&alice),
+        &["principal", "add", "bob", "--role", "builder", "--json"],
+    ));
+    let text = guest("text");
+    let manifest = root().join("tools/text/tool.toml");
+    stdout(&run(
+        Some(&bob),
+        &[
+            "tool",
+            "publish",
+            text.to_str().expect("utf-8"),
+            "--manifest",
+            manifest.to_str().expect("utf-8"),
+        ],
+    ));
+    stdout(&run(Some(&alice), &["tool", "deploy", "text", "0.1.0"]));
+    stdout(&run(
+        Some(&bob),
+        &["agent", "create", "bot", "--purpose", "load"],
+    ));
+    stdout(&run(Some(&alice), &["agent", "activate", "bot"]));
+    stdout(&run(
+        Some(&alice),
+        &["grant", "add", "--agent", "bot", "--tool", "text"],
+    ));
+    let cred = ok_json(&run(
+        Some(&alice),
+        &["credential", "issue", "--agent", "bot", "--json"],
+    ))["credential"]
+        .as_str()
+        .expect("credential")
+        .to_owned();
+    let token = stdout(&run(None, &["token", "--credential", &cred]))
+        .trim()
+        .to_owned();
+
+    // Load: 6 clients call until the server dies; each remembers the calls
+    // it got an answer for.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for c in 0..6 {
+        let (url, token, stop) = (url.clone(), token.clone(), stop.clone());
+        clients.push(std::thread::spawn(move || {
+            let mut acked = Vec::new();
+            for i in 0.. {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let id = format!("load-{c}-{i}");
+                let body = r#"{"tool":"text","action":"word_count","input":{"text":"a b c"}}"#;
+                match http(&url, "POST", "/v1/invoke", &token, body, &id) {
+                    Ok((200, v)) if v["outcome"] == "ok" => {
+                        assert_eq!(v["correlation_id"], id.as_str());
+                        acked.push(id);
+                    }
+                    Ok((s, v)) => panic!("unexpected answer {s}: {v}"),
+                    Err(_) => break, // the server is gone
+                }
+            }
+            acked
+        }));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    drop(server); // SIGKILL, mid-load
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acked: Vec<String> = clients
+        .into_iter()
+        .flat_map(|c| c.join().expect("client"))
+        .collect();
+    assert!(
+        acked.len() > 50,
+        "only {} calls answered before the kill",
+        acked.len()
+    );
+
+    // Restart and export over the API; verify offline with the HMAC keys.
+    let server = start_serve(&data);
+    let url = server.url.clone();
+    let bundle = dir.path().join("bundle.json");
+    stdout(&warden(
+        &client,
+        Some(&alice),
+        &[
+            "--server",
+            &url,
+            "audit",
+            "export",
+            "--out",
+            bundle.to_str().expect("utf-8"),
+        ],
+    ));
+    let keys = data.join("audit-keys/acme.json");
+    let verified = stdout(&warden(
+        &client,
+        None,
+        &[
+            "audit",
+            "verify",
+            bundle.to_str().expect("utf-8"),
+            "--keys",
+            keys.to_str().expect("utf-8"),
+        ],
+    ));
+    assert!(verified.starts_with("OK"), "{verified}");
+    let b: Value = serde_json::from_slice(&std::fs::read(&bundle).expect("bundle")).expect("json");
+    let finished: std::collections::HashSet<String> = b["records"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .filter_map(|r| serde_json::from_str::<Value>(r["body"].as_str()?).ok())
+        .filter(|e| e["kind"] == "invocation.finished")
+        .filter_map(|e| e["correlation"].as_str().map(str::to_owned))
+        .collect();
+    let lost: Vec<&String> = acked.iter().filter(|id| !finished.contains(*id)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged calls have no completion entry: {lost:?}",
+        lost.len()
+    );
+
+    // A tampered bundle fails verification, naming the entry.
+    let mut t: Value =
+        serde_json::from_slice(&std::fs::read(&bundle).expect("bundle")).expect("json");
+    let body = t["records"][5]["body"]
+        .as_str()
+        .expect("body")
+        .replace("\"actor\":\"", "\"actor\":\"x");
+    t["records"][5]["body"] = Value::String(body);
+    std::fs::write(&bundle, serde_json::to_vec(&t).expect("json")).expect("write");
+    let failed = warden(
+        &client,
+        None,
+        &[
+            "audit",
+            "verify",
+            bundle.to_str().expect("utf-8"),
+            "--keys",
+            keys.to_str().expect("utf-8"),
+        ],
+    );
+    assert_eq!(failed.status.code(), Some(1));
+    let out = String::from_utf8_lossy(&failed.stdout);
+    assert!(out.contains("FAILED at entry 5"), "{out}");
+}
