@@ -108,6 +108,27 @@ impl AuditLog {
             .map_err(|_| Error::Internal("audit trail: the writer stopped".into()))?
     }
 
+    /// Queues one entry; the receiver answers with its sequence number once
+    /// it is durable (or with the error that kept it from being written).
+    pub async fn enqueue(
+        &self,
+        store: &TenantStore,
+        entry: Entry,
+        payload: Option<(Option<String>, Option<String>)>,
+    ) -> Result<oneshot::Receiver<Result<u64>>> {
+        let (done, rx) = oneshot::channel();
+        let tenant = entry.tenant.clone();
+        self.writer(store, &tenant)
+            .send(Msg::Append {
+                entry: Box::new(entry),
+                payload,
+                done,
+            })
+            .await
+            .map_err(|_| Error::Internal("audit trail: the writer stopped".into()))?;
+        Ok(rx)
+    }
+
     /// Appends one entry; returns its sequence number once it is durable.
     pub async fn append(
         &self,
@@ -168,6 +189,12 @@ impl AuditLog {
             }
         }
     }
+}
+
+/// Waits for a queued entry to be durable.
+pub(crate) async fn durable(rx: oneshot::Receiver<Result<u64>>) -> Result<u64> {
+    rx.await
+        .map_err(|_| Error::Internal("audit trail: the writer stopped".into()))?
 }
 
 pub(crate) fn now_ms() -> i64 {

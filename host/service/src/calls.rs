@@ -355,6 +355,8 @@ impl Warden {
         input: &str,
     ) -> Result<Report> {
         let store = self.store.tenant(&session.tenant).await?;
+        // Links this call's decided and finished entries.
+        let invocation = new_correlation_id().replacen("call-", "inv-", 1);
         let entry = |kind: &str| {
             let mut e = Entry::new(
                 &session.tenant,
@@ -366,6 +368,7 @@ impl Warden {
             e.tool = Some(tool.to_owned());
             e.action = Some(action.to_owned());
             e.correlation = Some(session.correlation_id.clone());
+            e.invocation = Some(invocation.clone());
             e.args_sha256 = Some(sha256_hex(input.as_bytes()));
             e
         };
@@ -389,7 +392,12 @@ impl Warden {
             }
             Resolved::Run { grant, tool, .. } => (grant, tool),
         };
-        // Write-ahead: the decision is durable before anything runs.
+        // Write-ahead: when the grant gives the call any capability (a way to
+        // act outside the sandbox), its decision is durable before anything
+        // runs. A call with no capability has no effect to hold back: its
+        // decision is committed together with its completion (one sync), and
+        // both are durable before the answer.
+        let effects = !grant.capabilities().is_empty();
         let mut decided = entry("invocation.decided");
         decided.decision = Some("allow".into());
         decided.rule = Some("grant".into());
@@ -398,10 +406,15 @@ impl Warden {
             "capabilities": grant.capabilities().iter().map(ToString::to_string).collect::<Vec<_>>(),
             "version": component.info().version,
         });
-        let decided_seq = self
+        let decided_rx = self
             .audit
-            .append(&store, decided, Some((Some(input.to_owned()), None)))
+            .enqueue(&store, decided, Some((Some(input.to_owned()), None)))
             .await?;
+        let (decided_seq, decided_rx) = if effects {
+            (Some(crate::audit::durable(decided_rx).await?), None)
+        } else {
+            (None, Some(decided_rx))
+        };
         let backends = Backends {
             kv: self.kv_of(&session.tenant),
             secrets: Arc::new(TenantSecrets {
@@ -430,9 +443,14 @@ impl Warden {
             "logs_dropped": report.logs_dropped,
             "stdio_dropped": report.stdio_dropped,
         });
-        self.audit
-            .append(&store, finished, Some((None, output)))
+        let finished_rx = self
+            .audit
+            .enqueue(&store, finished, Some((None, output)))
             .await?;
+        if let Some(rx) = decided_rx {
+            crate::audit::durable(rx).await?;
+        }
+        crate::audit::durable(finished_rx).await?;
         self.touch(&store, &session).await;
         Ok(report)
     }
