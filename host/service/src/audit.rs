@@ -188,6 +188,12 @@ impl AuditLog {
                 tracing::error!(tenant = %t, error = %e, "final audit checkpoint failed");
             }
         }
+        // Dropping the senders ends the writer tasks (they see their channel
+        // close); a later append starts a fresh writer.
+        self.writers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
     }
 }
 
