@@ -136,13 +136,7 @@ impl AuditLog {
         entry: Entry,
         payload: Option<(Option<String>, Option<String>)>,
     ) -> Result<u64> {
-        let tenant = entry.tenant.clone();
-        self.ask(store, &tenant, |done| Msg::Append {
-            entry: Box::new(entry),
-            payload,
-            done,
-        })
-        .await
+        durable(self.enqueue(store, entry, payload).await?).await
     }
 
     /// Chains pending governance events and checkpoints; returns the size.

@@ -169,6 +169,7 @@ impl Warden {
                     expires_at,
                     revoked_at: None,
                 },
+                &agent.name,
             )
             .await?;
         Ok(AccessToken {

@@ -96,6 +96,19 @@ async fn event(
     Ok(())
 }
 
+/// One `events` row.
+pub(crate) fn event_row(r: &SqliteRow) -> Result<EventRecord> {
+    let detail: String = r.try_get("detail")?;
+    Ok(EventRecord {
+        seq: r.try_get("seq")?,
+        at: r.try_get("at")?,
+        actor: r.try_get("actor")?,
+        action: r.try_get("action")?,
+        subject: r.try_get("subject")?,
+        detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
+    })
+}
+
 fn principal(row: &SqliteRow) -> Result<PrincipalRecord> {
     let roles: String = row.try_get("roles")?;
     Ok(PrincipalRecord {
@@ -222,19 +235,7 @@ impl TenantStore {
             sqlx::query("SELECT seq, at, actor, action, subject, detail FROM events ORDER BY seq")
                 .fetch_all(&self.pool)
                 .await?;
-        rows.iter()
-            .map(|r| {
-                let detail: String = r.try_get("detail")?;
-                Ok(EventRecord {
-                    seq: r.try_get("seq")?,
-                    at: r.try_get("at")?,
-                    actor: r.try_get("actor")?,
-                    action: r.try_get("action")?,
-                    subject: r.try_get("subject")?,
-                    detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
-                })
-            })
-            .collect()
+        rows.iter().map(event_row).collect()
     }
 
     // ---- settings ----------------------------------------------------------
@@ -618,21 +619,34 @@ impl TenantStore {
     }
 
     /// Stores a new access token (by hash).
-    pub async fn add_token(&self, key_hash: &str, token: &TokenRecord) -> Result<()> {
+    pub async fn add_token(&self, key_hash: &str, token: &TokenRecord, agent: &str) -> Result<()> {
         let tools = token
             .tools
             .as_ref()
             .map(|t| serde_json::to_string(t).unwrap_or_default());
+        let mut tx = self.write().await?;
         sqlx::query(
             "INSERT INTO access_tokens (key_hash, agent_id, tools, issued_at, expires_at) VALUES (?, ?, ?, ?, ?)",
         )
         .bind(key_hash)
         .bind(&token.agent_id)
-        .bind(tools)
+        .bind(&tools)
         .bind(token.issued_at)
         .bind(token.expires_at)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        // Token issuance is in the history (and so in the audit trail); the
+        // token itself never is.
+        event(
+            &mut tx,
+            token.issued_at,
+            &format!("agent:{agent}"),
+            "token.issue",
+            agent,
+            serde_json::json!({ "expires_at": token.expires_at, "tools": token.tools }),
+        )
+        .await?;
+        tx.commit().await?;
         Ok(())
     }
 
