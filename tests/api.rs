@@ -732,6 +732,29 @@ async fn one_correlation_id_runs_from_the_request_through_the_imports() {
     let v: Value = serde_json::from_slice(&body).expect("json");
     assert_eq!(v["correlation_id"], header.as_str());
 
+    // The answer's invocation id is the audit trail's: a viewer replays it.
+    let invocation = v["invocation_id"].as_str().expect("invocation id");
+    let (s, r) = call(
+        &a,
+        Method::POST,
+        "/v1/audit/replay",
+        Some(&a.deployer),
+        Some(json!({ "invocation": invocation })),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(r["matched"], true, "{r}");
+    assert_eq!(r["imports"], 1, "{r}");
+    let (s, r) = call(
+        &a,
+        Method::POST,
+        "/v1/audit/replay",
+        Some(&a.builder),
+        Some(json!({ "invocation": invocation })),
+    )
+    .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{r}");
+
     let text = String::from_utf8(logs.0.lock().expect("lock").clone()).expect("utf-8");
     let imports: Vec<&str> = text.lines().filter(|l| l.contains("import call")).collect();
     assert!(!imports.is_empty(), "no import log lines:\n{text}");

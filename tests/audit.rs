@@ -164,15 +164,30 @@ async fn real_calls_export_and_verify_offline() {
     assert!(put.correlation.as_deref().is_some_and(|c| !c.is_empty()));
     assert_eq!(put.detail["imports"][0]["capability"], "kv");
     // Payloads are stored beside the entries, matching their digests.
-    let (input, _) =
+    let input =
         e.w.audit_payload(&e.deployer, put.detail["decided"].as_u64().expect("seq"))
             .await
-            .expect("payload");
+            .expect("payload")
+            .input;
     let decided = &entries[put.detail["decided"].as_u64().expect("seq") as usize];
     assert_eq!(
         Some(warden_audit::sha256_hex(input.expect("input").as_bytes())),
         decided.args_sha256
     );
+    // So is the import journal, matching the digest in the signed entry.
+    let journal =
+        e.w.audit_payload(&e.deployer, put.seq)
+            .await
+            .expect("payload")
+            .journal
+            .expect("journal");
+    assert_eq!(
+        put.detail["journal_sha256"],
+        warden_audit::sha256_hex(journal.as_bytes())
+    );
+    let journal = warden_runtime::Journal::parse(&journal).expect("journal parses");
+    assert_eq!(journal.imports.len(), 1);
+    assert_eq!(journal.imports[0].operation, "set");
 }
 
 /// Applies one random change and says where it must be found.
@@ -505,4 +520,295 @@ async fn a_call_fails_closed_when_the_trail_cannot_be_written() {
     let err = w.invoke(&s, "kv", "get", r#"{"key":"after"}"#).await;
     assert!(err.is_err());
     w.close().await;
+}
+
+/// A one-shot HTTP server on loopback: answers one request with `body`, then
+/// closes its listener, so a later connection to the port is refused.
+fn one_shot_server(body: &'static str) -> std::net::SocketAddr {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        if let Ok((stream, _)) = listener.accept() {
+            let mut reader = BufReader::new(&stream);
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+                line.clear();
+            }
+            let mut s = &stream;
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nx-served-by: one-shot\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+        drop(listener);
+    });
+    addr
+}
+
+/// Trace replay over real runs: a pure tool, kv imports and HTTP imports each
+/// replay to the same import sequence and output digest, with nothing reaching
+/// the backends (the kv key is gone and the HTTP server is closed by then).
+/// Replaying on a different component is reported as a divergence, and
+/// invocations that did not run, or do not exist, are refused clearly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_matches_real_runs_and_reports_divergence() {
+    use sha2::Digest as _;
+    let e = env().await;
+    let w = &e.w;
+    let (_, bk) = w
+        .add_principal(&e.deployer, "acme", "carol", &["builder".to_owned()])
+        .await
+        .expect("carol");
+    let builder = w.authenticate(&bk).await.expect("carol");
+    let publish = |crate_name: &'static str, manifest: &'static str| {
+        let w = w.clone();
+        let builder = builder.clone();
+        async move {
+            let bytes = std::fs::read(guest(crate_name)).expect("component");
+            let manifest = std::fs::read_to_string(root().join(manifest)).expect("manifest");
+            w.publish_tool(&builder, &bytes, &manifest)
+                .await
+                .expect("publish");
+            hex::encode(sha2::Sha256::digest(&bytes))
+        }
+    };
+    publish("http-fetch", "tools/http-fetch/tool.toml").await;
+    publish("fixture-greeter-v1", "tools/fixtures/greeter-v1/tool.toml").await;
+    let v2 = publish("fixture-greeter-v2", "tools/fixtures/greeter-v2/tool.toml").await;
+    w.deploy_tool(&e.deployer, "http-fetch", "0.1.0")
+        .await
+        .expect("deploy");
+    w.deploy_tool(&e.deployer, "greeter", "1.0.0")
+        .await
+        .expect("deploy");
+    let addr = one_shot_server("recorded once");
+    let http = Grant::from_toml(&format!(
+        "[http]\nallow = [{{ host = \"127.0.0.1\", port = {}, schemes = [\"http\"], methods = [\"GET\"] }}]\n",
+        addr.port()
+    ))
+    .expect("http grant");
+    w.add_grant(&e.deployer, "bot", "http-fetch", &http, None)
+        .await
+        .expect("grant http");
+    w.add_grant(
+        &e.deployer,
+        "bot",
+        "greeter",
+        &Grant::empty(Limits::STANDARD),
+        None,
+    )
+    .await
+    .expect("grant greeter");
+    let s = w.authenticate_agent(&e.token).await.expect("session");
+    let call = |tool: &'static str, action: &'static str, input: String| {
+        let w = w.clone();
+        let s = s.clone();
+        async move {
+            let r = w.invoke(&s, tool, action, &input).await.expect("answered");
+            assert!(r.outcome.is_ok(), "{tool} {action}: {:?}", r.outcome);
+            assert!(r.invocation_id.starts_with("inv_"), "{}", r.invocation_id);
+            r
+        }
+    };
+    let pure = call("text", "word_count", r#"{"text":"one two three"}"#.into()).await;
+    let put = call("kv", "put", r#"{"key":"k","value":"v1"}"#.into()).await;
+    let get = call("kv", "get", r#"{"key":"k"}"#.into()).await;
+    let fetched = call(
+        "http-fetch",
+        "get",
+        format!(r#"{{"url":"http://127.0.0.1:{}/x"}}"#, addr.port()),
+    )
+    .await;
+    assert_eq!(
+        fetched.output.as_ref().expect("output")["body"],
+        "recorded once"
+    );
+    let greeted = call("greeter", "greet", r#"{"name":"Ada"}"#.into()).await;
+    // The world moves on: the key is deleted, the HTTP server is gone.
+    call("kv", "delete", r#"{"key":"k"}"#.into()).await;
+    let gone = call("kv", "get", r#"{"key":"k"}"#.into()).await;
+    assert_ne!(gone.output, get.output);
+
+    for (r, imports) in [
+        (&pure, 0),
+        (&put, 1),
+        (&get, 1),
+        (&fetched, 1),
+        (&greeted, 0),
+    ] {
+        let replay = w
+            .audit_replay(&e.deployer, &r.invocation_id, None)
+            .await
+            .expect("replay");
+        assert!(
+            replay.matched,
+            "{} {}: {:?}",
+            r.tool, r.action, replay.divergence
+        );
+        assert_eq!(replay.imports, imports, "{} {}", r.tool, r.action);
+        assert_eq!(replay.component, r.component_sha256);
+        assert_eq!(replay.outcome, "ok");
+        assert_eq!(
+            replay.output_sha256.as_deref(),
+            Some(warden_audit::sha256_hex(
+                r.output.as_ref().expect("output").to_string().as_bytes()
+            ))
+            .as_deref()
+        );
+    }
+
+    // The same invocation on another component: reported, with both digests.
+    let other = w
+        .audit_replay(&e.deployer, &greeted.invocation_id, Some(&v2))
+        .await
+        .expect("replay on v2");
+    assert!(!other.matched);
+    let d = other.divergence.expect("divergence");
+    assert_eq!(d.at, "output", "{d:?}");
+    assert_eq!(
+        d.expected,
+        format!("sha256 {}", other.recorded_output_sha256.expect("digest"))
+    );
+    assert_ne!(d.expected, d.got);
+    // A component that makes other import calls diverges at the first one.
+    let kv_hash = put.component_sha256.clone();
+    let text_on_kv = w
+        .audit_replay(
+            &e.deployer,
+            &put.invocation_id,
+            Some(&pure.component_sha256),
+        )
+        .await;
+    assert!(
+        matches!(&text_on_kv, Err(warden_service::Error::Invalid(m)) if m.contains("no action `put`")),
+        "{text_on_kv:?}"
+    );
+    let _ = kv_hash;
+
+    // Refusals: a call that never ran, an unknown invocation, a non-viewer.
+    let s2 = w.authenticate_agent(&e.token).await.expect("session");
+    let denied = w
+        .invoke(&s2, "text", "regex_extract", "{}")
+        .await
+        .expect("answered");
+    assert!(!denied.outcome.is_ok());
+    let bundle = w.audit_export(&e.deployer).await.expect("export");
+    let denied_inv = bundle
+        .records
+        .iter()
+        .rev()
+        .map(|r| warden_audit::Entry::decode(r.body.as_bytes()).expect("entry"))
+        .find(|en| en.kind == "invocation.decided" && en.decision.as_deref() == Some("deny"))
+        .and_then(|en| en.invocation)
+        .expect("denied invocation");
+    let r = w.audit_replay(&e.deployer, &denied_inv, None).await;
+    assert!(
+        matches!(&r, Err(warden_service::Error::Invalid(m)) if m.contains("did not run")),
+        "{r:?}"
+    );
+    let r = w.audit_replay(&e.deployer, "inv_nope", None).await;
+    assert!(
+        matches!(r, Err(warden_service::Error::NotFound(_))),
+        "{r:?}"
+    );
+    let r = w.audit_replay(&builder, &pure.invocation_id, None).await;
+    assert!(
+        matches!(r, Err(warden_service::Error::Forbidden(_))),
+        "{r:?}"
+    );
+}
+
+/// A replay compares each import call with the journal: another resource, a
+/// different request or a missing call is reported at its position, with what
+/// was expected and what came.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_names_the_first_import_that_differs() {
+    use serde_json::json;
+    use warden_runtime::{Call, StaticSecrets};
+    use warden_tests::{backends, grant, invoke, load, runtime};
+    let rt = runtime();
+    let kv = load(&rt, "kv").await;
+    let g = grant("[kv]\nnamespace = \"n\"\nwrite = true\n");
+    let b = backends(&[]);
+    let put = invoke(&rt, &kv, &g, &b, "put", json!({"key": "a", "value": "1"})).await;
+    assert!(put.outcome.is_ok(), "{:?}", put.outcome);
+    let journal = put.journal.clone().expect("journal");
+    assert_eq!(journal.imports.len(), 1);
+    assert_eq!(journal.imports[0].resource, "a");
+    let secrets = Arc::new(StaticSecrets::default());
+    let replay = |input: serde_json::Value| {
+        let rt = &rt;
+        let kv = kv.clone();
+        let journal = journal.clone();
+        let secrets = secrets.clone();
+        async move {
+            let input = input.to_string();
+            rt.replay(
+                &kv,
+                journal,
+                secrets,
+                Call {
+                    action: "put",
+                    input: &input,
+                },
+            )
+            .await
+            .expect("replayable")
+        }
+    };
+    // The same input: no divergence, same output, nothing written anywhere.
+    let same = replay(json!({"key": "a", "value": "1"})).await;
+    assert_eq!(same.divergence, None);
+    assert_eq!(same.report.output, put.output);
+    // Another key: import #0 differs by resource.
+    let d = replay(json!({"key": "b", "value": "1"}))
+        .await
+        .divergence
+        .expect("diverged");
+    assert_eq!(d.import, Some(0));
+    assert_eq!(d.expected, "kv set `a`");
+    assert_eq!(d.got, "kv set `b`");
+    // Same key, another value: import #0 differs by request.
+    let d = replay(json!({"key": "a", "value": "2"}))
+        .await
+        .divergence
+        .expect("diverged");
+    assert_eq!(d.import, Some(0));
+    assert!(d.expected.starts_with("request"), "{d:?}");
+    // A journal with a call the component no longer makes.
+    let mut longer = journal.clone();
+    longer.imports.push(longer.imports[0].clone());
+    let input = json!({"key": "a", "value": "1"}).to_string();
+    let r = rt
+        .replay(
+            &kv,
+            longer,
+            secrets.clone(),
+            Call {
+                action: "put",
+                input: &input,
+            },
+        )
+        .await
+        .expect("replayable");
+    let d = r.divergence.expect("diverged");
+    assert_eq!(d.import, Some(1));
+    assert_eq!(d.got, "no further import call");
+    // A journal marked not replayable is refused with the reason.
+    let mut fs = journal.clone();
+    fs.not_replayable = Some("the call used the filesystem".into());
+    let r = rt
+        .replay(
+            &kv,
+            fs,
+            secrets,
+            Call {
+                action: "put",
+                input: &input,
+            },
+        )
+        .await;
+    assert!(matches!(&r, Err(m) if m.contains("filesystem")), "{r:?}");
 }

@@ -4,7 +4,7 @@
 //! asks [`check_import`] for a [`Decision`]. The check is pure: it looks only at
 //! the grant and the call. Denials say what was denied and what the grant allows.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::grant::{Capability, DirMode, FsGrant, Grant, HttpGrant};
 use crate::{MAX_KV_KEY_BYTES, SecretsGrant};
@@ -122,7 +122,7 @@ impl ImportCall {
 }
 
 /// The guard's answer for one call.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "decision", rename_all = "lowercase")]
 pub enum Decision {
     Allow,

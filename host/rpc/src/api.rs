@@ -146,7 +146,7 @@ pub async fn invoke(
         let mut call = Box::pin(authenticated_call(
             state.clone(),
             t,
-            cid,
+            (cid, id.clone()),
             req.tool,
             req.action,
             input,
@@ -183,7 +183,10 @@ pub async fn invoke(
             }
         };
     }
-    let session = agent(&state, &t).await?.correlated(cid);
+    let session = agent(&state, &t)
+        .await?
+        .correlated(cid)
+        .invocation(id.clone());
     state
         .invocations
         .start(&id, &session.tenant, &session.agent_id);
@@ -230,7 +233,7 @@ pub(crate) async fn run_call(
 async fn authenticated_call(
     state: AppState,
     token: String,
-    correlation_id: String,
+    (correlation_id, invocation_id): (String, String),
     tool: String,
     action: String,
     input: String,
@@ -241,7 +244,8 @@ async fn authenticated_call(
         .warden
         .authenticate_agent(&token)
         .await?
-        .correlated(correlation_id);
+        .correlated(correlation_id)
+        .invocation(invocation_id);
     let _ = session_out.send(session.clone());
     let report = state
         .warden
@@ -645,10 +649,18 @@ pub async fn audit_payload(
     Path(seq): Path<u64>,
 ) -> ApiResult<Json<Value>> {
     let c = operator(&state, &k).await?;
-    let (input, output) = state.warden.audit_payload(&c, seq).await?;
-    Ok(Json(
-        json!({ "seq": seq, "input": input, "output": output }),
-    ))
+    let p = state.warden.audit_payload(&c, seq).await?;
+    let journal = match p.journal.as_deref().map(serde_json::from_str::<Value>) {
+        Some(Ok(j)) => Some(j),
+        Some(Err(_)) => p.journal.map(Value::String),
+        None => None,
+    };
+    Ok(Json(json!({
+        "seq": seq,
+        "input": p.input,
+        "output": p.output,
+        "journal": journal,
+    })))
 }
 
 #[derive(Debug, Deserialize)]
@@ -713,6 +725,28 @@ pub async fn audit_rotate(
     let reason = req.reason.as_deref().unwrap_or("rotated over the API");
     let seq = state.warden.audit_rotate(&c, reason).await?;
     Ok(Json(json!({ "rotated": true, "seq": seq })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayRequest {
+    invocation: String,
+    /// Replay against another stored component (its SHA-256).
+    #[serde(default)]
+    component: Option<String>,
+}
+
+pub async fn audit_replay(
+    State(state): State<AppState>,
+    Bearer(k): Bearer,
+    ApiJson(req): ApiJson<ReplayRequest>,
+) -> ApiResult<Json<Value>> {
+    let c = operator(&state, &k).await?;
+    let r = state
+        .warden
+        .audit_replay(&c, &req.invocation, req.component.as_deref())
+        .await?;
+    Ok(Json(json!(r)))
 }
 
 /// The answer for a path no route serves.

@@ -185,6 +185,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/audit/proof/consistency", get(api::audit_consistency))
         .route("/v1/audit/export", get(api::audit_export))
         .route("/v1/audit/rotate-key", post(api::audit_rotate))
+        .route("/v1/audit/replay", post(api::audit_replay))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .merge(publish)
         .nest_service(

@@ -196,6 +196,12 @@ pub const ROUTES: &[(&str, &str, Auth, &str)] = &[
         Auth::Operator,
         "Rotate the tenant's audit keys (deployer)",
     ),
+    (
+        "post",
+        "/v1/audit/replay",
+        Auth::Operator,
+        "Re-execute a recorded invocation from its import journal and compare (viewer)",
+    ),
 ];
 
 /// The document.

@@ -10,7 +10,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
 use warden_policy::{Capability, Decision, Grant, ImportCall, check_import};
+
+use crate::journal::{Divergence, JournalEntry, Tape, TapeHandle};
 
 /// Most guarded import calls one invocation may make. A security bound: it
 /// keeps the event record of one call bounded, and a tool that needs more
@@ -41,17 +45,27 @@ struct Inner {
     calls: usize,
 }
 
+/// Rule of the denial a replay gives an import call that differs from the
+/// journal (the replay stops being faithful at that point).
+pub const REPLAY_DIVERGED: &str = "replay.divergence";
+
 /// The per-call guard. Cheap to clone; all clones share one record.
+///
+/// It also keeps the call's import journal ([`crate::journal`]): when
+/// recording, each decision, request and result is written to it; when
+/// replaying, decisions and results come from it and each call is compared
+/// with the journaled one.
 #[derive(Debug, Clone)]
 pub struct Guard {
     grant: Arc<Grant>,
     started: Instant,
     inner: Arc<Mutex<Inner>>,
+    tape: TapeHandle,
 }
 
 impl Guard {
     /// A guard for one call under `grant`.
-    pub fn new(grant: Arc<Grant>) -> Guard {
+    pub(crate) fn new(grant: Arc<Grant>, tape: TapeHandle) -> Guard {
         Guard {
             grant,
             started: Instant::now(),
@@ -59,7 +73,180 @@ impl Guard {
                 events: Vec::new(),
                 calls: 0,
             })),
+            tape,
         }
+    }
+
+    /// Whether this call is a replay (results come from the journal).
+    pub fn replaying(&self) -> bool {
+        self.tape.is_replay()
+    }
+
+    /// The decision for `call` at position `seq`: when recording, the live
+    /// decision (journaled); when replaying, the journaled one, or a denial if
+    /// the call differs from the journal.
+    fn journal_decision(
+        &self,
+        seq: u32,
+        call: &ImportCall,
+        live: impl FnOnce() -> Decision,
+    ) -> Decision {
+        let mut tape = self.tape.lock();
+        match &mut *tape {
+            Tape::Record(j) => {
+                let decision = live();
+                if call.capability() == Capability::Fs && j.not_replayable.is_none() {
+                    j.not_replayable =
+                        Some("the call used the filesystem, whose data is not journaled".into());
+                }
+                if j.imports.len() == seq as usize {
+                    j.imports.push(JournalEntry {
+                        capability: call.capability(),
+                        operation: call.operation().to_owned(),
+                        resource: call.resource(),
+                        decision: decision.clone(),
+                        request: Value::Null,
+                        result: Value::Null,
+                    });
+                }
+                decision
+            }
+            Tape::Replay {
+                journal,
+                next_import,
+                divergence,
+                ..
+            } => {
+                let diverged = |reason: String| Decision::Deny {
+                    reason,
+                    rule: REPLAY_DIVERGED.to_owned(),
+                };
+                if let Some(d) = divergence {
+                    return diverged(format!("replay: diverged earlier ({d})"));
+                }
+                let got = format!(
+                    "{} {} `{}`",
+                    call.capability(),
+                    call.operation(),
+                    call.resource()
+                );
+                let position = *next_import;
+                *next_import += 1;
+                match journal.imports.get(position) {
+                    Some(e)
+                        if e.capability == call.capability()
+                            && e.operation == call.operation()
+                            && e.resource == call.resource() =>
+                    {
+                        e.decision.clone()
+                    }
+                    other => {
+                        let d = Divergence {
+                            at: "import".into(),
+                            import: Some(position),
+                            expected: other.map_or_else(
+                                || "no further import call".to_owned(),
+                                |e| format!("{} {} `{}`", e.capability, e.operation, e.resource),
+                            ),
+                            got,
+                        };
+                        let reason = format!("replay: diverged ({d})");
+                        *divergence = Some(d);
+                        diverged(reason)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs the effect of an allowed import call, journaling it: when
+    /// recording, `run` acts and its result is journaled with `request`;
+    /// when replaying, `request` is compared with the journal and the
+    /// journaled result is returned without acting. An `Err` is the effect's
+    /// own failure (also attached to the event).
+    pub fn effect<T: Serialize + DeserializeOwned>(
+        &self,
+        seq: u32,
+        request: Value,
+        run: impl FnOnce() -> Result<T, String>,
+    ) -> Result<T, String> {
+        if self.replaying() {
+            let result = self.replayed(seq, &request)?;
+            let r = match result {
+                Value::Object(mut m) if m.contains_key("ok") => {
+                    serde_json::from_value(m.remove("ok").unwrap_or_default()).map_err(|e| {
+                        self.diverge(seq, "a journaled result of this type", &format!("{e}"))
+                    })
+                }
+                Value::Object(m) if m.contains_key("err") => {
+                    Err(m["err"].as_str().unwrap_or_default().to_owned())
+                }
+                other => Err(self.diverge(seq, "a journaled result", &other.to_string())),
+            };
+            if let Err(e) = &r {
+                self.record_error(seq, e.clone());
+            }
+            return r;
+        }
+        let r = run();
+        let result = match &r {
+            Ok(v) => json!({ "ok": serde_json::to_value(v).unwrap_or_default() }),
+            Err(e) => {
+                self.record_error(seq, e.clone());
+                json!({ "err": e })
+            }
+        };
+        self.journal(seq, request, result);
+        r
+    }
+
+    /// Records the request and result of import call `seq` (recording only).
+    pub fn journal(&self, seq: u32, request: Value, result: Value) {
+        if let Tape::Record(j) = &mut *self.tape.lock()
+            && let Some(e) = j.imports.get_mut(seq as usize)
+        {
+            e.request = request;
+            e.result = result;
+        }
+    }
+
+    /// The journaled result of import call `seq` (replaying only), after
+    /// checking that `request` is the journaled one. A different request is a
+    /// divergence, returned as the error the guest receives.
+    pub fn replayed(&self, seq: u32, request: &Value) -> Result<Value, String> {
+        let expected = match &*self.tape.lock() {
+            Tape::Replay { journal, .. } => journal.imports.get(seq as usize).cloned(),
+            Tape::Record(_) => None,
+        };
+        let Some(e) = expected else {
+            return Err(self.diverge(seq, "a journaled import call", "none"));
+        };
+        if &e.request != request {
+            return Err(self.diverge(
+                seq,
+                &format!("request {}", e.request),
+                &format!("request {request}"),
+            ));
+        }
+        Ok(e.result)
+    }
+
+    /// Marks a divergence at import call `seq` (the first one wins) and
+    /// returns the message the guest sees.
+    fn diverge(&self, seq: u32, expected: &str, got: &str) -> String {
+        let d = Divergence {
+            at: "import".into(),
+            import: Some(seq as usize),
+            expected: expected.to_owned(),
+            got: got.to_owned(),
+        };
+        let msg = format!("replay: diverged ({d})");
+        if let Tape::Replay { divergence, .. } = &mut *self.tape.lock()
+            && divergence.is_none()
+        {
+            *divergence = Some(d);
+        }
+        msg
     }
 
     /// The grant this guard enforces.
@@ -73,6 +260,7 @@ impl Guard {
     pub fn check(&self, call: ImportCall) -> (u32, Decision) {
         let mut inner = self.lock();
         inner.calls += 1;
+        let seq = u32::try_from(inner.events.len()).unwrap_or(u32::MAX);
         let decision = if inner.calls > MAX_IMPORT_CALLS {
             Decision::Deny {
                 reason: format!(
@@ -81,9 +269,8 @@ impl Guard {
                 rule: "guard.max_import_calls".to_owned(),
             }
         } else {
-            check_import(&self.grant, &call)
+            self.journal_decision(seq, &call, || check_import(&self.grant, &call))
         };
-        let seq = u32::try_from(inner.events.len()).unwrap_or(u32::MAX);
         if inner.events.len() < MAX_IMPORT_CALLS {
             let event = ImportEvent {
                 seq,

@@ -17,6 +17,7 @@ mod bindings;
 pub mod caps;
 mod engine;
 pub mod guard;
+pub mod journal;
 mod linker;
 mod state;
 mod stdio;
@@ -36,12 +37,14 @@ pub use caps::kv::{KvBackend, MemoryKv};
 pub use caps::log::LogLine;
 pub use caps::secrets::{SecretSource, StaticSecrets};
 pub use guard::ImportEvent;
+pub use journal::{Divergence, Journal};
 pub use linker::{Provider, capability_of};
 pub use state::Backends;
 pub use tool::{ActionInfo, Tool, ToolInfo};
 pub use warden_policy::Effect;
 
 use bindings::ToolPre;
+use journal::TapeHandle;
 use state::{CallState, LimitHit};
 
 /// Errors of loading tools and configuring the runtime. Failures of a call
@@ -237,6 +240,24 @@ pub struct Report {
     /// leaves it empty). It is on every log line of the call and its imports.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub correlation_id: String,
+    /// The invocation id in the audit trail (set by the host service), for
+    /// `warden audit replay`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub invocation_id: String,
+    /// The import journal of the call (for the audit trail and replay); not
+    /// part of the answer.
+    #[serde(skip)]
+    pub journal: Option<Journal>,
+}
+
+/// The result of replaying one invocation.
+#[derive(Debug, Clone)]
+pub struct Replayed {
+    /// The replayed call's report (its imports answered from the journal).
+    pub report: Report,
+    /// The first point where the replay differed from the journal's import
+    /// sequence, if any.
+    pub divergence: Option<Divergence>,
 }
 
 impl Runtime {
@@ -310,8 +331,9 @@ impl Runtime {
             .await
             .map_err(|_| Error::Engine("runtime is shutting down".into()))?;
         let started = Instant::now();
+        let tape = TapeHandle::record(Journal::new(DESCRIBE_LIMITS));
         let mut store = self
-            .store(grant, &backends, started)
+            .store(grant, &backends, started, tape)
             .map_err(Error::DescribeFailed)?;
         let fut = async {
             let instance = pre.instantiate_async(&mut store).await?;
@@ -366,9 +388,10 @@ impl Runtime {
         grant: Arc<Grant>,
         backends: &Backends,
         started: Instant,
+        tape: TapeHandle,
     ) -> Result<Store<CallState>, String> {
         let limits = grant.limits;
-        let state = CallState::build(grant, backends, started)?;
+        let state = CallState::build(grant, backends, started, tape)?;
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         store
@@ -415,12 +438,79 @@ impl Runtime {
             stderr: String::new(),
             stdio_dropped: 0,
             correlation_id: String::new(),
+            invocation_id: String::new(),
+            journal: None,
         };
         report.outcome = self
             .run(tool, grant, backends, call, started, &mut report)
             .await;
         report.elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         report
+    }
+
+    /// Re-executes one recorded invocation of `tool`: the same action and
+    /// input, under the journal's limits, with every guarded import answered
+    /// from `journal` and compared with it, and the journal's clocks and
+    /// insecure randomness. Nothing leaves the sandbox, except that granted
+    /// secrets are read from `secrets` again (their values are never
+    /// journaled). Refuses a journal marked not replayable.
+    pub async fn replay(
+        &self,
+        tool: &Tool,
+        journal: Journal,
+        secrets: Arc<dyn SecretSource>,
+        call: Call<'_>,
+    ) -> std::result::Result<Replayed, String> {
+        if let Some(why) = &journal.not_replayable {
+            return Err(format!("this invocation cannot be replayed: {why}"));
+        }
+        let started = Instant::now();
+        let mut report = self
+            .invoke_blank(tool, call)
+            .ok_or_else(|| format!("the component has no action `{}`", call.action))?;
+        let grant = Arc::new(Grant::empty(journal.limits));
+        let backends = Backends {
+            kv: Arc::new(MemoryKv::default()),
+            secrets,
+        };
+        let tape = TapeHandle::replay(journal);
+        report.outcome = self
+            .execute(
+                tool,
+                grant,
+                &backends,
+                call,
+                started,
+                &mut report,
+                tape.clone(),
+            )
+            .await;
+        report.elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let (_, divergence) = tape.finish();
+        Ok(Replayed { report, divergence })
+    }
+
+    fn invoke_blank(&self, tool: &Tool, call: Call<'_>) -> Option<Report> {
+        tool.info.action(call.action)?;
+        Some(Report {
+            tool: tool.info.name.clone(),
+            version: tool.info.version.clone(),
+            component_sha256: tool.hash_hex(),
+            action: call.action.to_owned(),
+            outcome: Outcome::Ok,
+            output: None,
+            fuel_used: 0,
+            elapsed_us: 0,
+            imports: Vec::new(),
+            logs: Vec::new(),
+            logs_dropped: 0,
+            stdout: String::new(),
+            stderr: String::new(),
+            stdio_dropped: 0,
+            correlation_id: String::new(),
+            invocation_id: String::new(),
+            journal: None,
+        })
     }
 
     async fn run(
@@ -482,6 +572,27 @@ impl Runtime {
                 ),
             };
         }
+        let tape = TapeHandle::record(Journal::new(grant.limits));
+        let outcome = self
+            .execute(tool, grant, backends, call, started, report, tape.clone())
+            .await;
+        report.journal = Some(tape.finish().0);
+        outcome
+    }
+
+    /// Instantiates and runs the call. `run` has checked the grant; a replay
+    /// comes here directly with an empty grant and a replay tape.
+    #[allow(clippy::too_many_arguments)]
+    async fn execute(
+        &self,
+        tool: &Tool,
+        grant: Arc<Grant>,
+        backends: &Backends,
+        call: Call<'_>,
+        started: Instant,
+        report: &mut Report,
+        tape: TapeHandle,
+    ) -> Outcome {
         let limits = grant.limits;
         // Link exactly what the component imports, all of it granted.
         let pre = match self.pre(tool, &tool.required) {
@@ -500,7 +611,7 @@ impl Runtime {
                 };
             }
         };
-        let mut store = match self.store(grant, backends, started) {
+        let mut store = match self.store(grant, backends, started, tape) {
             Ok(s) => s,
             Err(e) => return Outcome::NotGranted { reason: e },
         };

@@ -21,7 +21,10 @@ use crate::caps::kv::{KvBackend, KvState};
 use crate::caps::log::LogState;
 use crate::caps::secrets::{SecretSource, SecretsState};
 use crate::guard::Guard;
+use crate::journal::{Tape, TapeHandle, TapedMonotonicClock, TapedWallClock};
 use crate::stdio::BoundedPipe;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
 
 /// Host-side backends a call may reach through its capabilities.
 #[derive(Debug, Clone)]
@@ -132,10 +135,11 @@ impl WasiHttpView for CallState {
 
 impl CallState {
     /// Builds the state of one call from `grant` alone.
-    pub fn build(
+    pub(crate) fn build(
         grant: Arc<Grant>,
         backends: &Backends,
         started: Instant,
+        tape: TapeHandle,
     ) -> Result<CallState, String> {
         let limits = grant.limits;
         let stdio = usize::try_from(limits.stdio_bytes).unwrap_or(usize::MAX);
@@ -145,6 +149,23 @@ impl CallState {
         // Deny by default: no inherit_*, no env, no args, empty stdin.
         let mut builder = WasiCtxBuilder::new();
         builder.stdout(stdout.clone()).stderr(stderr.clone());
+        // Pinned nondeterminism, so the call can be replayed: insecure
+        // randomness from the journal's seeds, every clock read on its tape.
+        {
+            let tape_ref = tape.lock();
+            let journal = match &*tape_ref {
+                Tape::Record(j) | Tape::Replay { journal: j, .. } => j,
+            };
+            builder
+                .insecure_random(StdRng::seed_from_u64(journal.insecure_rng_seed))
+                .insecure_random_seed(journal.insecure_seed());
+        }
+        builder
+            .wall_clock(TapedWallClock { tape: tape.clone() })
+            .monotonic_clock(TapedMonotonicClock {
+                tape: tape.clone(),
+                started,
+            });
         if let Some(fs) = &grant.fs {
             for d in &fs.dirs {
                 let perms = match d.mode {
@@ -161,7 +182,7 @@ impl CallState {
                     })?;
             }
         }
-        let guard = Guard::new(grant.clone());
+        let guard = Guard::new(grant.clone(), tape);
         Ok(CallState {
             wasi: WasiParts {
                 ctx: builder.build(),

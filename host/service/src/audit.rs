@@ -11,13 +11,14 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
-use warden_audit::{Chain, Entry, KeyFile, KeyPair, Record};
-use warden_store::{AuditBatch, AuditRow, TenantStore};
+use warden_audit::{Chain, Entry, KeyFile, KeyPair, Record, sha256_hex};
+use warden_store::{AuditBatch, AuditRow, Payload, TenantStore};
 
+use crate::secrets::TenantSecrets;
 use crate::{Error, Result};
 
 /// Most entries per group commit.
@@ -35,7 +36,7 @@ pub const ROTATE_AFTER_ENTRIES: u64 = 10_000_000;
 enum Msg {
     Append {
         entry: Box<Entry>,
-        payload: Option<(Option<String>, Option<String>)>,
+        payload: Option<Payload>,
         done: oneshot::Sender<Result<u64>>,
     },
     Rotate {
@@ -114,7 +115,7 @@ impl AuditLog {
         &self,
         store: &TenantStore,
         entry: Entry,
-        payload: Option<(Option<String>, Option<String>)>,
+        payload: Option<Payload>,
     ) -> Result<oneshot::Receiver<Result<u64>>> {
         let (done, rx) = oneshot::channel();
         let tenant = entry.tenant.clone();
@@ -134,7 +135,7 @@ impl AuditLog {
         &self,
         store: &TenantStore,
         entry: Entry,
-        payload: Option<(Option<String>, Option<String>)>,
+        payload: Option<Payload>,
     ) -> Result<u64> {
         durable(self.enqueue(store, entry, payload).await?).await
     }
@@ -436,8 +437,8 @@ impl Writer {
                         let r = chain
                             .seal((**entry).clone(), keys.current().map_err(Error::Internal)?)
                             .map_err(Error::Internal)?;
-                        if let Some((input, output)) = payload {
-                            payloads.push((r.seq as i64, input.clone(), output.clone()));
+                        if let Some(p) = payload {
+                            payloads.push((r.seq as i64, p.clone()));
                         }
                         seqs.push(r.seq);
                         records.push(r);
@@ -679,11 +680,7 @@ impl Warden {
     }
 
     /// The full input and output recorded with an entry.
-    pub async fn audit_payload(
-        &self,
-        caller: &Caller,
-        seq: u64,
-    ) -> Result<(Option<String>, Option<String>)> {
+    pub async fn audit_payload(&self, caller: &Caller, seq: u64) -> Result<Payload> {
         let (_, store) = self.audit_store(caller, Operation::ReadAudit).await?;
         let seq = i64::try_from(seq).map_err(|_| Error::Invalid("`seq` is too large".into()))?;
         store
@@ -781,5 +778,165 @@ impl Warden {
     /// check HMACs).
     pub fn audit_key_file(&self, tenant: &str) -> PathBuf {
         self.audit.keys_dir.join(format!("{tenant}.json"))
+    }
+}
+
+/// What replaying one invocation found.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ReplayResult {
+    pub invocation: String,
+    pub tool: String,
+    pub action: String,
+    /// The component that ran originally (from the signed entry).
+    pub recorded_component: String,
+    /// The component replayed (the same unless another was asked for).
+    pub component: String,
+    /// Guarded import calls in the journal.
+    pub imports: usize,
+    /// Whether the import sequence, the outcome and the output digest all
+    /// matched.
+    pub matched: bool,
+    /// The first difference, when they did not.
+    pub divergence: Option<warden_runtime::Divergence>,
+    pub recorded_outcome: String,
+    pub outcome: String,
+    pub recorded_output_sha256: Option<String>,
+    pub output_sha256: Option<String>,
+}
+
+impl Warden {
+    /// Replays invocation `invocation`: re-executes the recorded component (or
+    /// `component`, another stored component, by hash) on the recorded input
+    /// with every import answered from the journal, and compares the import
+    /// sequence, the outcome and the output digest with the trail. The input
+    /// and the journal are checked against the digests in the signed entries
+    /// first. Viewers only.
+    pub async fn audit_replay(
+        &self,
+        caller: &Caller,
+        invocation: &str,
+        component: Option<&str>,
+    ) -> Result<ReplayResult> {
+        let (tenant, store) = self.audit_store(caller, Operation::ReadAudit).await?;
+        let rows = store.audit_invocation(invocation).await?;
+        if rows.is_empty() {
+            return Err(Error::NotFound(format!(
+                "invocation `{invocation}` in the audit trail"
+            )));
+        }
+        let mut decided = None;
+        let mut finished = None;
+        for r in &rows {
+            let e = Entry::decode(r.body.as_bytes()).map_err(|e| {
+                Error::Internal(format!("audit entry {} is not readable: {e}", r.seq))
+            })?;
+            match e.kind.as_str() {
+                "invocation.decided" => decided = Some((r.seq, e)),
+                "invocation.finished" => finished = Some((r.seq, e)),
+                _ => {}
+            }
+        }
+        let (decided_seq, decided) = decided.ok_or_else(|| {
+            Error::Invalid(format!("invocation `{invocation}` has no decision entry"))
+        })?;
+        let Some((finished_seq, finished)) = finished else {
+            return Err(Error::Invalid(format!(
+                "invocation `{invocation}` did not run (decision: {}), so there is nothing to replay",
+                decided.decision.as_deref().unwrap_or("none")
+            )));
+        };
+        let input = store
+            .audit_payload(decided_seq)
+            .await?
+            .and_then(|p| p.input)
+            .ok_or_else(|| Error::Invalid(format!("the input of `{invocation}` is not stored")))?;
+        if decided.args_sha256.as_deref() != Some(sha256_hex(input.as_bytes()).as_str()) {
+            return Err(Error::Invalid(format!(
+                "the stored input of `{invocation}` does not match the digest in audit entry {decided_seq}"
+            )));
+        }
+        let journal_text = store
+            .audit_payload(finished_seq)
+            .await?
+            .and_then(|p| p.journal)
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "invocation `{invocation}` has no import journal (recorded before journals were kept)"
+                ))
+            })?;
+        let signed = finished
+            .detail
+            .get("journal_sha256")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default();
+        if signed != sha256_hex(journal_text.as_bytes()) {
+            return Err(Error::Invalid(format!(
+                "the stored journal of `{invocation}` does not match the digest in audit entry {finished_seq}"
+            )));
+        }
+        let journal = warden_runtime::Journal::parse(&journal_text).map_err(Error::Invalid)?;
+        let imports = journal.imports.len();
+        let recorded_component = finished.component.clone().unwrap_or_default();
+        let component = component.unwrap_or(&recorded_component).to_owned();
+        let tool = self.component(&store, &component).await?;
+        let action = finished.action.clone().unwrap_or_default();
+        let secrets = Arc::new(TenantSecrets {
+            dir: self.data_dir.join("secrets").join(&tenant),
+        });
+        let replayed = self
+            .runtime
+            .replay(
+                &tool,
+                journal,
+                secrets,
+                warden_runtime::Call {
+                    action: &action,
+                    input: &input,
+                },
+            )
+            .await
+            .map_err(Error::Invalid)?;
+        let report = replayed.report;
+        let recorded_outcome = finished.decision.clone().unwrap_or_default();
+        let outcome = report.outcome.kind().to_owned();
+        let output_sha256 = report
+            .output
+            .as_ref()
+            .map(|o| sha256_hex(o.to_string().as_bytes()));
+        let divergence = replayed.divergence.or_else(|| {
+            if outcome != recorded_outcome {
+                Some(warden_runtime::Divergence {
+                    at: "outcome".into(),
+                    import: None,
+                    expected: recorded_outcome.clone(),
+                    got: format!("{outcome} ({})", report.outcome.reason()),
+                })
+            } else if output_sha256 != finished.result_sha256 {
+                let show = |d: &Option<String>| d.clone().unwrap_or_else(|| "no output".into());
+                Some(warden_runtime::Divergence {
+                    at: "output".into(),
+                    import: None,
+                    expected: format!("sha256 {}", show(&finished.result_sha256)),
+                    got: format!("sha256 {}", show(&output_sha256)),
+                })
+            } else {
+                None
+            }
+        });
+        tracing::info!(invocation, matched = divergence.is_none(), "audit replay");
+        Ok(ReplayResult {
+            invocation: invocation.to_owned(),
+            tool: finished.tool.clone().unwrap_or_default(),
+            action,
+            recorded_component,
+            component,
+            imports,
+            matched: divergence.is_none(),
+            divergence,
+            recorded_outcome,
+            outcome,
+            recorded_output_sha256: finished.result_sha256.clone(),
+            output_sha256,
+        })
     }
 }

@@ -16,7 +16,7 @@ use tracing::Instrument as _;
 use warden_audit::{Entry, sha256_hex};
 use warden_policy::{Classification, Effect, Grant, Manifest};
 use warden_runtime::{Backends, Call, Outcome, Report, Tool};
-use warden_store::{TenantStore, TokenRecord};
+use warden_store::{Payload, TenantStore, TokenRecord};
 
 use crate::governance::parse_manifest;
 use crate::keys::{self, KeyKind};
@@ -50,6 +50,9 @@ pub struct AgentSession {
     /// The correlation id of the request this session serves (the HTTP
     /// `x-request-id`, or the MCP request); empty means "make one".
     pub correlation_id: String,
+    /// The id of the invocation this session runs (the API's invocation id,
+    /// also the audit trail's); empty means "make one".
+    pub invocation_id: String,
     token_hash: String,
     last_active_at: Option<i64>,
     /// The agent's renewal date (checked against the clock on every call).
@@ -62,6 +65,12 @@ impl AgentSession {
     /// This session serving the request with this correlation id.
     pub fn correlated(mut self, id: impl Into<String>) -> AgentSession {
         self.correlation_id = id.into();
+        self
+    }
+
+    /// This session running the invocation with this id.
+    pub fn invocation(mut self, id: impl Into<String>) -> AgentSession {
+        self.invocation_id = id.into();
         self
     }
 }
@@ -109,6 +118,8 @@ fn refused(tool: &str, action: &str, reason: String) -> Report {
         stderr: String::new(),
         stdio_dropped: 0,
         correlation_id: String::new(),
+        invocation_id: String::new(),
+        journal: None,
     }
 }
 
@@ -220,6 +231,7 @@ impl Warden {
             tools: record.tools,
             expires_at: record.expires_at,
             correlation_id: String::new(),
+            invocation_id: String::new(),
             token_hash: token_hash.to_owned(),
             last_active_at: agent.last_active_at,
             renew_by: agent.renew_by,
@@ -357,7 +369,11 @@ impl Warden {
     ) -> Result<Report> {
         let store = self.store.tenant(&session.tenant).await?;
         // Links this call's decided and finished entries.
-        let invocation = new_correlation_id().replacen("call-", "inv-", 1);
+        let invocation = if session.invocation_id.is_empty() {
+            new_correlation_id().replacen("call-", "inv_", 1)
+        } else {
+            session.invocation_id.clone()
+        };
         let entry = |kind: &str| {
             let mut e = Entry::new(
                 &session.tenant,
@@ -387,7 +403,7 @@ impl Warden {
                 e.rule = Some("grant".into());
                 e.detail = serde_json::json!({ "reason": reason });
                 self.audit
-                    .append(&store, e, Some((Some(input.to_owned()), None)))
+                    .append(&store, e, Some(Payload::input(input)))
                     .await?;
                 return Ok(refused(tool, action, reason));
             }
@@ -409,7 +425,7 @@ impl Warden {
         });
         let decided_rx = self
             .audit
-            .enqueue(&store, decided, Some((Some(input.to_owned()), None)))
+            .enqueue(&store, decided, Some(Payload::input(input)))
             .await?;
         let (decided_seq, decided_rx) = if effects {
             (Some(crate::audit::durable(decided_rx).await?), None)
@@ -422,7 +438,7 @@ impl Warden {
                 dir: self.data_dir.join("secrets").join(&session.tenant),
             }),
         };
-        let report = self
+        let mut report = self
             .runtime
             .invoke(&component, grant, &backends, Call { action, input })
             .await;
@@ -437,22 +453,32 @@ impl Warden {
         finished.elapsed_us = Some(report.elapsed_us);
         let output = report.output.as_ref().map(ToString::to_string);
         finished.result_sha256 = output.as_deref().map(|o| sha256_hex(o.as_bytes()));
+        // The import journal is kept with the payloads; its digest is in the
+        // signed entry, so a replay can trust it only as far as the chain.
+        let journal = report
+            .journal
+            .take()
+            .and_then(|j| serde_json::to_string(&j).ok());
         finished.detail = serde_json::json!({
             "decided": decided_seq,
             "reason": (!report.outcome.is_ok()).then(|| report.outcome.reason()),
             "imports": report.imports,
             "logs_dropped": report.logs_dropped,
             "stdio_dropped": report.stdio_dropped,
+            "journal_sha256": journal.as_deref().map(|j| sha256_hex(j.as_bytes())),
         });
-        let finished_rx = self
-            .audit
-            .enqueue(&store, finished, Some((None, output)))
-            .await?;
+        let payload = Payload {
+            input: None,
+            output,
+            journal,
+        };
+        let finished_rx = self.audit.enqueue(&store, finished, Some(payload)).await?;
         if let Some(rx) = decided_rx {
             crate::audit::durable(rx).await?;
         }
         crate::audit::durable(finished_rx).await?;
         self.touch(&store, &session).await;
+        report.invocation_id = invocation;
         Ok(report)
     }
 
@@ -558,7 +584,7 @@ impl Warden {
 
     /// The loaded component with this hash: from memory, else from the store
     /// (hash re-checked) through the runtime's compile cache.
-    async fn component(&self, store: &TenantStore, sha256: &str) -> Result<Arc<Tool>> {
+    pub(crate) async fn component(&self, store: &TenantStore, sha256: &str) -> Result<Arc<Tool>> {
         if let Some(t) = self.lock_tools().get(sha256) {
             return Ok(t.clone());
         }

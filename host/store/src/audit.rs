@@ -18,14 +18,33 @@ pub struct AuditRow {
     pub cosign: Option<String>,
 }
 
+/// The full data kept beside an entry: the call's input, its output and its
+/// import journal (viewers only; the entry holds their digests).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Payload {
+    pub input: Option<String>,
+    pub output: Option<String>,
+    pub journal: Option<String>,
+}
+
+impl Payload {
+    /// A payload holding only a call's input.
+    pub fn input(input: &str) -> Payload {
+        Payload {
+            input: Some(input.to_owned()),
+            ..Payload::default()
+        }
+    }
+}
+
 /// What one group commit writes.
 #[derive(Debug, Default)]
 pub struct AuditBatch {
     /// The sequence number the first row must have.
     pub first_seq: i64,
     pub rows: Vec<AuditRow>,
-    /// (seq, input, output) of calls whose payloads are kept.
-    pub payloads: Vec<(i64, Option<String>, Option<String>)>,
+    /// (seq, payload) of calls whose payloads are kept.
+    pub payloads: Vec<(i64, Payload)>,
     /// (tree size, signed note, time in ms).
     pub checkpoint: Option<(i64, String, i64)>,
     /// The governance history is chained up to this event.
@@ -53,13 +72,16 @@ impl TenantStore {
                 .execute(&mut *tx)
                 .await?;
         }
-        for (seq, input, output) in &batch.payloads {
-            sqlx::query("INSERT INTO audit_payloads (seq, input, output) VALUES (?, ?, ?)")
-                .bind(seq)
-                .bind(input)
-                .bind(output)
-                .execute(&mut *tx)
-                .await?;
+        for (seq, p) in &batch.payloads {
+            sqlx::query(
+                "INSERT INTO audit_payloads (seq, input, output, journal) VALUES (?, ?, ?, ?)",
+            )
+            .bind(seq)
+            .bind(&p.input)
+            .bind(&p.output)
+            .bind(&p.journal)
+            .execute(&mut *tx)
+            .await?;
         }
         if let Some((size, note, at)) = &batch.checkpoint {
             sqlx::query(
@@ -124,17 +146,42 @@ impl TenantStore {
         Ok(())
     }
 
-    /// The stored payloads of one entry: (input, output).
-    pub async fn audit_payload(
-        &self,
-        seq: i64,
-    ) -> Result<Option<(Option<String>, Option<String>)>> {
-        let row = sqlx::query("SELECT input, output FROM audit_payloads WHERE seq = ?")
+    /// The stored payload of one entry.
+    pub async fn audit_payload(&self, seq: i64) -> Result<Option<Payload>> {
+        let row = sqlx::query("SELECT input, output, journal FROM audit_payloads WHERE seq = ?")
             .bind(seq)
             .fetch_optional(&self.pool)
             .await?;
-        row.map(|r| Ok((r.try_get("input")?, r.try_get("output")?)))
-            .transpose()
+        row.map(|r| {
+            Ok(Payload {
+                input: r.try_get("input")?,
+                output: r.try_get("output")?,
+                journal: r.try_get("journal")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// The entries of one invocation (its decision and completion), by
+    /// sequence number.
+    pub async fn audit_invocation(&self, invocation: &str) -> Result<Vec<AuditRow>> {
+        let rows = sqlx::query(
+            "SELECT seq, body, mac, cosign FROM audit_entries \
+             WHERE json_extract(body, '$.invocation') = ? ORDER BY seq",
+        )
+        .bind(invocation)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(AuditRow {
+                    seq: r.try_get("seq")?,
+                    body: r.try_get("body")?,
+                    mac: r.try_get("mac")?,
+                    cosign: r.try_get("cosign")?,
+                })
+            })
+            .collect()
     }
 
     /// How far the governance history has been chained.

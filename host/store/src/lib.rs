@@ -29,7 +29,7 @@ use std::time::Duration;
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
-pub use audit::{AuditBatch, AuditRow};
+pub use audit::{AuditBatch, AuditRow, Payload};
 pub use records::{
     AgentRecord, AgentStatus, DeploymentRecord, EventRecord, GrantRecord, PrincipalRecord,
     TokenRecord, ToolVersionRecord,

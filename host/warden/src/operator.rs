@@ -629,6 +629,25 @@ impl Operator {
         }
     }
 
+    pub async fn audit_replay(
+        &self,
+        invocation: &str,
+        component: Option<&str>,
+    ) -> Result<warden_service::ReplayResult, Error> {
+        match self {
+            Operator::Local { warden, caller } => {
+                warden.audit_replay(caller, invocation, component).await
+            }
+            Operator::Remote(r) => {
+                r.post(
+                    &["audit", "replay"],
+                    json!({ "invocation": invocation, "component": component }),
+                )
+                .await
+            }
+        }
+    }
+
     pub async fn audit_rotate(&self, reason: &str) -> Result<u64, Error> {
         match self {
             Operator::Local { warden, caller } => warden.audit_rotate(caller, reason).await,

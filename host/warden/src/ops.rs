@@ -222,6 +222,16 @@ pub enum AuditCmd {
         #[arg(long, default_value = "rotated by an operator")]
         reason: String,
     },
+    /// Re-execute a recorded invocation with its imports answered from the
+    /// journal, and check that the import sequence, the outcome and the
+    /// output digest match the trail (viewer). Exit 1 on a divergence.
+    Replay {
+        /// The invocation id (`inv-...`, in the invocation's audit entries).
+        invocation: String,
+        /// Replay against another stored component, by SHA-256.
+        #[arg(long)]
+        component: Option<String>,
+    },
 }
 
 /// Exit codes of the data-directory commands (README, "Exit codes").
@@ -1084,6 +1094,39 @@ pub async fn audit(common: &Common, cmd: AuditCmd) -> anyhow::Result<ExitCode> {
                     "audit keys rotated; rotation entry {seq} is sealed by the old and the new keys"
                 ),
             ),
+            Err(e) => Err(e),
+        },
+        AuditCmd::Replay {
+            invocation,
+            component,
+        } => match op.audit_replay(invocation, component.as_deref()).await {
+            Ok(r) => {
+                let code = if r.matched {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(exit::FAILED)
+                };
+                if json {
+                    print_json(&r)?;
+                } else if let Some(d) = &r.divergence {
+                    println!(
+                        "DIVERGED: invocation {} ({} {}) replayed on component {}: {d}",
+                        r.invocation, r.tool, r.action, r.component
+                    );
+                } else {
+                    println!(
+                        "OK: invocation {} ({} {}) replayed on component {}: {} import calls, outcome `{}` and output sha256 {} match",
+                        r.invocation,
+                        r.tool,
+                        r.action,
+                        r.component,
+                        r.imports,
+                        r.outcome,
+                        r.output_sha256.as_deref().unwrap_or("(none)")
+                    );
+                }
+                Ok(code)
+            }
             Err(e) => Err(e),
         },
         AuditCmd::Verify { .. } => Err(Error::Invalid("verify runs offline".into())),

@@ -615,6 +615,28 @@ fn every_acknowledged_call_survives_a_killed_server_and_the_trail_verifies() {
         lost.len()
     );
 
+    // Any acknowledged call replays from its journal over the API.
+    let invocation = b["records"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .filter_map(|r| serde_json::from_str::<Value>(r["body"].as_str()?).ok())
+        .find(|e| e["kind"] == "invocation.finished" && e["decision"] == "ok")
+        .and_then(|e| e["invocation"].as_str().map(str::to_owned))
+        .expect("a finished invocation");
+    let replayed = stdout(&warden(
+        &client,
+        Some(&alice),
+        &["--server", &url, "audit", "replay", &invocation],
+    ));
+    assert!(replayed.starts_with("OK: invocation"), "{replayed}");
+    let missing = warden(
+        &client,
+        Some(&alice),
+        &["--server", &url, "audit", "replay", "inv_unknown"],
+    );
+    assert_ne!(missing.status.code(), Some(0));
+
     // A tampered bundle fails verification, naming the entry.
     let mut t: Value =
         serde_json::from_slice(&std::fs::read(&bundle).expect("bundle")).expect("json");

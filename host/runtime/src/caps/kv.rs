@@ -13,6 +13,7 @@ use wasmtime::component::HasData;
 
 use crate::bindings::warden::tool::kv::{self as wit, Error};
 use crate::guard::Guard;
+use crate::journal::B64;
 
 /// Storage behind the kv capability. Errors are messages for the guest.
 pub trait KvBackend: Send + Sync + Debug {
@@ -104,50 +105,66 @@ pub struct KvView<'a> {
 }
 
 impl KvView<'_> {
-    fn check(&self, call: ImportCall) -> Result<(u32, &str), Error> {
-        match (self.guard.check(call), &self.state.grant) {
-            ((seq, Decision::Allow), Some(g)) => Ok((seq, g.namespace.as_str())),
-            ((_, Decision::Deny { reason, .. }), _) => Err(Error::Denied(reason)),
-            // Allowed without a grant cannot happen: the guard checks the same
-            // grant. Deny anyway rather than trust that.
-            (_, None) => Err(Error::Denied(
-                "kv: capability is not granted to this call".into(),
-            )),
-        }
-    }
-
-    fn backend<T>(&self, seq: u32, r: Result<T, String>) -> Result<T, Error> {
-        r.map_err(|e| {
-            self.guard.record_error(seq, e.clone());
-            Error::Backend(e)
-        })
+    /// Guards `call`, then runs `op` on the grant's namespace through the
+    /// guard's journal (a replay returns the journaled result instead).
+    fn run<T: serde::Serialize + serde::de::DeserializeOwned>(
+        &self,
+        call: ImportCall,
+        request: serde_json::Value,
+        op: impl FnOnce(&dyn KvBackend, &str) -> Result<T, String>,
+    ) -> Result<T, Error> {
+        let seq = match self.guard.check(call) {
+            (seq, Decision::Allow) => seq,
+            (_, Decision::Deny { reason, .. }) => return Err(Error::Denied(reason)),
+        };
+        let namespace = match &self.state.grant {
+            Some(g) => Some(g.namespace.as_str()),
+            // Allowed without a grant cannot happen when recording: the guard
+            // checks the same grant. Deny anyway rather than trust that. A
+            // replay has no grant and touches no backend.
+            None if !self.guard.replaying() => {
+                return Err(Error::Denied(
+                    "kv: capability is not granted to this call".into(),
+                ));
+            }
+            None => None,
+        };
+        self.guard
+            .effect(seq, request, || {
+                op(&*self.state.backend, namespace.unwrap_or_default())
+            })
+            .map_err(Error::Backend)
     }
 }
 
 impl wit::Host for KvView<'_> {
     fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, Error> {
-        let (seq, ns) = self.check(ImportCall::KvGet { key: key.clone() })?;
-        self.backend(seq, self.state.backend.get(ns, &key))
+        let call = ImportCall::KvGet { key: key.clone() };
+        self.run(call, serde_json::Value::Null, |b, ns| {
+            b.get(ns, &key).map(|v| v.map(B64))
+        })
+        .map(|v| v.map(|b| b.0))
     }
 
     fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), Error> {
         let len = value.len() as u64;
-        let (seq, ns) = self.check(ImportCall::KvSet {
+        let call = ImportCall::KvSet {
             key: key.clone(),
             len,
-        })?;
-        self.backend(seq, self.state.backend.set(ns, &key, value))
+        };
+        let request = serde_json::json!({ "value": B64(value.clone()) });
+        self.run(call, request, |b, ns| b.set(ns, &key, value))
     }
 
     fn delete(&mut self, key: String) -> Result<bool, Error> {
-        let (seq, ns) = self.check(ImportCall::KvDelete { key: key.clone() })?;
-        self.backend(seq, self.state.backend.delete(ns, &key))
+        let call = ImportCall::KvDelete { key: key.clone() };
+        self.run(call, serde_json::Value::Null, |b, ns| b.delete(ns, &key))
     }
 
     fn list_keys(&mut self, prefix: String) -> Result<Vec<String>, Error> {
-        let (seq, ns) = self.check(ImportCall::KvList {
+        let call = ImportCall::KvList {
             prefix: prefix.clone(),
-        })?;
-        self.backend(seq, self.state.backend.list(ns, &prefix))
+        };
+        self.run(call, serde_json::Value::Null, |b, ns| b.list(ns, &prefix))
     }
 }

@@ -58,12 +58,45 @@ impl wit::Host for SecretsView<'_> {
             .check(ImportCall::SecretGet { name: name.clone() })
         {
             (_, Decision::Deny { reason, .. }) => Err(Error::Denied(reason)),
-            (seq, Decision::Allow) => self.state.source.get(&name).ok_or_else(|| {
-                self.guard.record_error(seq, "missing".to_owned());
-                Error::Missing(format!(
-                    "secret `{name}` is granted but has no value on this host"
-                ))
-            }),
+            (seq, Decision::Allow) => {
+                // The value is never journaled: the journal keeps whether the
+                // secret was there, and a replay reads it from the source
+                // again.
+                let missing = || {
+                    Error::Missing(format!(
+                        "secret `{name}` is granted but has no value on this host"
+                    ))
+                };
+                if self.guard.replaying() {
+                    let journaled = self
+                        .guard
+                        .replayed(seq, &serde_json::Value::Null)
+                        .map_err(Error::Denied)?;
+                    if journaled.get("err").is_some() {
+                        self.guard.record_error(seq, "missing".to_owned());
+                        return Err(missing());
+                    }
+                }
+                match self.state.source.get(&name) {
+                    Some(v) => {
+                        self.guard.journal(
+                            seq,
+                            serde_json::Value::Null,
+                            serde_json::json!({ "ok": "(withheld)" }),
+                        );
+                        Ok(v)
+                    }
+                    None => {
+                        self.guard.record_error(seq, "missing".to_owned());
+                        self.guard.journal(
+                            seq,
+                            serde_json::Value::Null,
+                            serde_json::json!({ "err": "missing" }),
+                        );
+                        Err(missing())
+                    }
+                }
+            }
         }
     }
 }
