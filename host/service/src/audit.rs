@@ -59,10 +59,19 @@ impl Msg {
     }
 }
 
-/// The audit writers of all tenants.
-pub(crate) struct AuditLog {
+/// The audit writers of all tenants. Public for embedding and benchmarks;
+/// the host uses one per data directory.
+pub struct AuditLog {
     keys_dir: PathBuf,
     writers: Mutex<HashMap<String, mpsc::Sender<Msg>>>,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("keys_dir", &self.keys_dir)
+            .finish_non_exhaustive()
+    }
 }
 
 impl AuditLog {

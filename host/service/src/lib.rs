@@ -31,7 +31,7 @@ use warden_policy::Roles;
 use warden_runtime::{MemoryKv, Runtime, RuntimeConfig, Tool};
 use warden_store::Store;
 
-pub use audit::{ConsistencyProof, InclusionProof, ReplayResult};
+pub use audit::{AuditLog, ConsistencyProof, InclusionProof, ReplayResult};
 pub use calls::{AccessToken, AgentSession, GrantedAction};
 pub use governance::{AgentSummary, Inventory, Settings, ToolSummary};
 pub use keys::KeyKind;

@@ -37,6 +37,10 @@ impl Payload {
     }
 }
 
+/// Rows per multi-row INSERT (4 parameters each, far below SQLite's limit
+/// of 32,766 parameters per statement).
+const ROWS_PER_INSERT: usize = 256;
+
 /// What one group commit writes.
 #[derive(Debug, Default)]
 pub struct AuditBatch {
@@ -63,25 +67,30 @@ impl TenantStore {
             tx.rollback().await?;
             return Ok(false);
         }
-        for r in &batch.rows {
-            sqlx::query("INSERT INTO audit_entries (seq, body, mac, cosign) VALUES (?, ?, ?, ?)")
-                .bind(r.seq)
-                .bind(&r.body)
-                .bind(&r.mac)
-                .bind(&r.cosign)
-                .execute(&mut *tx)
-                .await?;
+        // Multi-row inserts: one statement per chunk instead of one per row
+        // (each statement is a round trip to SQLite's worker thread).
+        for chunk in batch.rows.chunks(ROWS_PER_INSERT) {
+            let mut q =
+                sqlx::QueryBuilder::new("INSERT INTO audit_entries (seq, body, mac, cosign) ");
+            q.push_values(chunk, |mut b, r| {
+                b.push_bind(r.seq)
+                    .push_bind(&r.body)
+                    .push_bind(&r.mac)
+                    .push_bind(&r.cosign);
+            });
+            q.build().execute(&mut *tx).await?;
         }
-        for (seq, p) in &batch.payloads {
-            sqlx::query(
-                "INSERT INTO audit_payloads (seq, input, output, journal) VALUES (?, ?, ?, ?)",
-            )
-            .bind(seq)
-            .bind(&p.input)
-            .bind(&p.output)
-            .bind(&p.journal)
-            .execute(&mut *tx)
-            .await?;
+        for chunk in batch.payloads.chunks(ROWS_PER_INSERT) {
+            let mut q = sqlx::QueryBuilder::new(
+                "INSERT INTO audit_payloads (seq, input, output, journal) ",
+            );
+            q.push_values(chunk, |mut b, (seq, p)| {
+                b.push_bind(*seq)
+                    .push_bind(&p.input)
+                    .push_bind(&p.output)
+                    .push_bind(&p.journal);
+            });
+            q.build().execute(&mut *tx).await?;
         }
         if let Some((size, note, at)) = &batch.checkpoint {
             sqlx::query(
