@@ -12,6 +12,8 @@
 //! The HMAC-SHA256 under the key named by `key` is kept beside the bytes (it
 //! cannot be inside what it authenticates).
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -117,7 +119,128 @@ impl Entry {
     }
 }
 
+/// A borrowed view of an entry that mirrors [`Entry`] field for field, for
+/// checking the canonical form without building an `Entry` (the verifier's
+/// hot path). `detail` stays raw and is checked on its own.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EntryRef<'a> {
+    v: u32,
+    seq: u64,
+    time_ms: i64,
+    #[serde(borrow)]
+    tenant: Cow<'a, str>,
+    #[serde(borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow)]
+    actor: Cow<'a, str>,
+    #[serde(borrow)]
+    agent: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    tool: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    component: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    action: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    args_sha256: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    result_sha256: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    decision: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    rule: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    approvals: Vec<Cow<'a, str>>,
+    fuel: Option<u64>,
+    elapsed_us: Option<u64>,
+    #[serde(borrow)]
+    correlation: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    invocation: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    detail: &'a serde_json::value::RawValue,
+    #[serde(borrow)]
+    prev: Cow<'a, str>,
+    #[serde(borrow)]
+    key: Cow<'a, str>,
+}
+
+/// What the verifier needs of an entry, checked to be in canonical form.
+#[derive(Debug)]
+pub(crate) struct Head<'a> {
+    pub seq: u64,
+    pub tenant: Cow<'a, str>,
+    pub kind: Cow<'a, str>,
+    pub prev: Cow<'a, str>,
+    pub key: Cow<'a, str>,
+}
+
+/// [`Entry::decode`]'s checks (version, canonical encoding) without building
+/// the entry: decode borrowed, re-encode into `buf`, compare; then the same
+/// for `detail`. Accepts exactly the bytes `Entry::decode` accepts.
+pub(crate) fn decode_head<'a>(bytes: &'a [u8], buf: &mut Vec<u8>) -> Result<Head<'a>, String> {
+    let e: EntryRef<'a> =
+        serde_json::from_slice(bytes).map_err(|e| format!("not a valid entry: {e}"))?;
+    if e.v != VERSION {
+        return Err(format!("unknown entry version {}", e.v));
+    }
+    buf.clear();
+    serde_json::to_writer(&mut *buf, &e).map_err(|e| e.to_string())?;
+    let raw = e.detail.get();
+    let detail: serde_json::Value =
+        serde_json::from_str(raw).map_err(|e| format!("not a valid entry: {e}"))?;
+    let canonical_detail = serde_json::to_string(&detail).map_err(|e| e.to_string())?;
+    if *buf != bytes || canonical_detail != raw {
+        return Err("not in canonical encoding".into());
+    }
+    Ok(Head {
+        seq: e.seq,
+        tenant: e.tenant,
+        kind: e.kind,
+        prev: e.prev,
+        key: e.key,
+    })
+}
+
 /// SHA-256 hex of some bytes.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The verifier's borrowed decoder accepts exactly what `Entry::decode`
+    /// accepts: the canonical bytes, and none of the non-canonical variants.
+    #[test]
+    fn decode_head_accepts_exactly_what_decode_accepts() {
+        let mut e = Entry::new("acme", "invocation.finished", "agent:bot", 1);
+        e.tool = Some("t\u{e9}xt \"quoted\"\n".into());
+        e.approvals = vec!["a1".into()];
+        e.fuel = Some(7);
+        e.detail = serde_json::json!({"b": [1, 2.5, {"z": null, "a": "x"}], "a": "\u{1f600}"});
+        e.key = "hk-1".into();
+        let good = String::from_utf8(e.encode()).expect("utf-8");
+        let variants = [
+            good.clone(),
+            good.replacen(",\"seq\"", ", \"seq\"", 1),
+            good.replacen("\"detail\":{", "\"detail\":{ ", 1),
+            good.replacen("\"a\":\"x\"", "\"a\":\"\\u0078\"", 1),
+            good.replacen("{\"a\":\"x\",\"z\":null}", "{\"z\":null,\"a\":\"x\"}", 1),
+            good.replacen("2.5", "2.50", 1),
+            good.replacen("\"v\":1", "\"v\":2", 1),
+            good.replacen("\"key\":\"hk-1\"", "\"key\":\"hk-1\",\"x\":1", 1),
+            good.replacen("\"fuel\":7", "\"fuel\":7.0", 1),
+        ];
+        let mut buf = Vec::new();
+        for (i, v) in variants.iter().enumerate() {
+            assert!(i == 0 || *v != good, "variant {i} changes nothing");
+            let full = Entry::decode(v.as_bytes()).is_ok();
+            let head = decode_head(v.as_bytes(), &mut buf).is_ok();
+            assert_eq!(full, head, "variant {i}: {v}");
+            assert_eq!(full, i == 0, "variant {i}: {v}");
+        }
+    }
 }

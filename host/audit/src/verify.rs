@@ -10,11 +10,12 @@ use base64::engine::general_purpose::STANDARD as B64;
 use ed25519_dalek::Verifier as _;
 use serde::{Deserialize, Serialize};
 
-use crate::entry::{Entry, GENESIS, sha256_hex};
+use crate::entry::{Entry, decode_head};
 use crate::keys::mac_ok;
 use crate::merkle::{Frontier, Hash, leaf_hash};
 use crate::note::{Verifier, verify_checkpoint};
 use crate::{Record, origin};
+use sha2::{Digest, Sha256};
 
 /// Everything an auditor needs: entries, checkpoints and public keys.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -147,8 +148,8 @@ pub fn verify(
     // The signer current after each rotation: (log size from which it signs).
     let mut signers: Vec<(u64, Verifier)> = vec![(0, signer.clone())];
 
-    let pre = prepare(&bundle.records, hmac_keys);
-    let mut head = GENESIS.to_owned();
+    let pre = prepare(&bundle.records, &bundle.tenant, hmac_keys);
+    let mut head: Hash = [0u8; 32];
     let mut frontier = Frontier::default();
     for (i, (r, p)) in bundle.records.iter().zip(pre).enumerate() {
         let pos = i as u64;
@@ -185,11 +186,11 @@ pub fn verify(
             );
             break;
         }
-        if e.tenant != bundle.tenant {
+        if let Some(tenant) = &e.other_tenant {
             fail(
                 &mut v,
                 pos,
-                format!("entry {pos} belongs to tenant `{}`", e.tenant),
+                format!("entry {pos} belongs to tenant `{tenant}`"),
             );
             break;
         }
@@ -218,7 +219,7 @@ pub fn verify(
             }
             v.hmac_checked += 1;
         }
-        if e.prev != head {
+        if e.prev != Some(head) {
             fail(
                 &mut v,
                 pos,
@@ -230,8 +231,8 @@ pub fn verify(
             );
             break;
         }
-        if e.kind == "key.rotate" {
-            match check_rotation(&e, r, &signer, &name, hmac_keys) {
+        if let Some(rotation) = &e.rotation {
+            match check_rotation(rotation, r, &signer, &name, hmac_keys) {
                 Ok(new) => {
                     v.rotations += 1;
                     signers.push((pos + 1, new.clone()));
@@ -331,18 +332,52 @@ pub fn verify(
 
 /// The per-entry work that does not depend on other entries.
 struct Prepared {
-    entry: Result<Entry, String>,
-    hash: String,
+    entry: Result<Header, String>,
+    hash: Hash,
     leaf: Hash,
     /// `None` when the entry's key was not given.
     mac_ok: Option<bool>,
 }
 
+/// What the sequential walk needs of a decoded entry. The full entry is kept
+/// only for key rotations; everything else is dropped on the worker thread
+/// that decoded it.
+struct Header {
+    seq: u64,
+    key: String,
+    /// The previous entry's hash; `None` if it is not 32 bytes of hex.
+    prev: Option<Hash>,
+    /// The entry's tenant when it is not the bundle's.
+    other_tenant: Option<String>,
+    rotation: Option<Box<Entry>>,
+}
+
 /// Decodes, hashes and checks the HMAC of every record, on all cores.
-fn prepare(records: &[Record], hmac_keys: &HashMap<String, Vec<u8>>) -> Vec<Prepared> {
-    let one = |r: &Record| {
+fn prepare(
+    records: &[Record],
+    tenant: &str,
+    hmac_keys: &HashMap<String, Vec<u8>>,
+) -> Vec<Prepared> {
+    let one = |r: &Record, buf: &mut Vec<u8>| {
         let body = r.body.as_bytes();
-        let entry = Entry::decode(body);
+        let entry = decode_head(body, buf).and_then(|h| {
+            let mut prev = [0u8; 32];
+            let prev = hex::decode_to_slice(h.prev.as_bytes(), &mut prev)
+                .ok()
+                .map(|()| prev);
+            let rotation = if h.kind == "key.rotate" {
+                Some(Box::new(Entry::decode(body)?))
+            } else {
+                None
+            };
+            Ok(Header {
+                seq: h.seq,
+                key: h.key.into_owned(),
+                prev,
+                other_tenant: (h.tenant != tenant).then(|| h.tenant.into_owned()),
+                rotation,
+            })
+        });
         let mac_ok = entry
             .as_ref()
             .ok()
@@ -350,7 +385,7 @@ fn prepare(records: &[Record], hmac_keys: &HashMap<String, Vec<u8>>) -> Vec<Prep
             .map(|k| mac_ok(k, body, &r.mac));
         Prepared {
             entry,
-            hash: sha256_hex(body),
+            hash: Sha256::digest(body).into(),
             leaf: leaf_hash(body),
             mac_ok,
         }
@@ -358,21 +393,25 @@ fn prepare(records: &[Record], hmac_keys: &HashMap<String, Vec<u8>>) -> Vec<Prep
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(16);
+    let run = |c: &[Record]| {
+        let mut buf = Vec::with_capacity(1024);
+        c.iter().map(|r| one(r, &mut buf)).collect::<Vec<_>>()
+    };
     if threads < 2 || records.len() < 4096 {
-        return records.iter().map(one).collect();
+        return run(records);
     }
     let chunk = records.len().div_ceil(threads);
     std::thread::scope(|s| {
         let handles: Vec<_> = records
             .chunks(chunk)
-            .map(|c| s.spawn(move || c.iter().map(one).collect::<Vec<_>>()))
+            .map(|c| s.spawn(move || run(c)))
             .collect();
         let mut out = Vec::with_capacity(records.len());
         for (h, c) in handles.into_iter().zip(records.chunks(chunk)) {
             // A worker that died is redone here: every record is checked.
             match h.join() {
                 Ok(part) if part.len() == c.len() => out.extend(part),
-                _ => out.extend(c.iter().map(one)),
+                _ => out.extend(run(c)),
             }
         }
         out
