@@ -144,6 +144,23 @@ async fn real_calls_export_and_verify_offline() {
         kinds("governance") >= 10,
         "tenant, principals, tools, agent, grants"
     );
+    // Write-ahead: each kv write has its own decision entry, after the call's
+    // decision and before its completion.
+    assert_eq!(kinds("import.decided"), 20, "one per kv put");
+    for (i, wa) in entries
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.kind == "import.decided")
+    {
+        assert_eq!(wa.detail["operation"], "set");
+        let pos = |kind: &str| {
+            entries
+                .iter()
+                .position(|e| e.kind == kind && e.invocation == wa.invocation)
+                .expect("entry of the same invocation")
+        };
+        assert!(pos("invocation.decided") < i && i < pos("invocation.finished"));
+    }
     let denied = entries
         .iter()
         .find(|e| e.decision.as_deref() == Some("deny"))
@@ -811,4 +828,131 @@ async fn a_replay_names_the_first_import_that_differs() {
         )
         .await;
     assert!(matches!(&r, Err(m) if m.contains("filesystem")), "{r:?}");
+}
+
+/// A write-ahead hook that records what the backend held when it was asked,
+/// and fails when told to.
+#[derive(Debug)]
+struct Hook {
+    kv: Arc<warden_runtime::MemoryKv>,
+    fail: bool,
+    seen: std::sync::Mutex<Vec<(String, bool)>>,
+}
+
+impl warden_runtime::WriteAhead for Hook {
+    fn before_effect(
+        &self,
+        event: warden_runtime::ImportEvent,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send>> {
+        use warden_runtime::KvBackend as _;
+        let present = self.kv.get("n", &event.resource).expect("kv").is_some();
+        self.seen
+            .lock()
+            .expect("lock")
+            .push((format!("{} {}", event.operation, event.resource), present));
+        let fail = self.fail;
+        Box::pin(async move {
+            if fail {
+                Err("disk full".to_owned())
+            } else {
+                Ok(())
+            }
+        })
+    }
+}
+
+/// Write-ahead per effect: the hook runs before the kv write and the HTTP
+/// request (the key is not there yet when it is asked; reads never ask), and
+/// when it fails, the effect does not happen: nothing is written, no
+/// connection is opened, and the call reports the denial with its reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_effect_waits_for_its_write_ahead_record_and_fails_closed() {
+    use serde_json::json;
+    use warden_runtime::{Backends, KvBackend as _, MemoryKv, Outcome, StaticSecrets};
+    use warden_tests::{grant, invoke, load, runtime};
+    let rt = runtime();
+    let kv_tool = load(&rt, "kv").await;
+    let g = grant("[kv]\nnamespace = \"n\"\nwrite = true\n");
+    let backends = |fail: bool| {
+        let kv = Arc::new(MemoryKv::default());
+        let hook = Arc::new(Hook {
+            kv: kv.clone(),
+            fail,
+            seen: std::sync::Mutex::new(Vec::new()),
+        });
+        let b = Backends {
+            kv: kv.clone(),
+            secrets: Arc::new(StaticSecrets::default()),
+            write_ahead: Some(hook.clone()),
+        };
+        (b, kv, hook)
+    };
+    let (b, kv, hook) = backends(false);
+    let r = invoke(
+        &rt,
+        &kv_tool,
+        &g,
+        &b,
+        "put",
+        json!({"key": "a", "value": "1"}),
+    )
+    .await;
+    assert!(r.outcome.is_ok(), "{:?}", r.outcome);
+    let r = invoke(&rt, &kv_tool, &g, &b, "get", json!({"key": "a"})).await;
+    assert!(r.outcome.is_ok(), "{:?}", r.outcome);
+    assert_eq!(
+        *hook.seen.lock().expect("lock"),
+        vec![("set a".to_owned(), false)],
+        "asked once, before the write; the read did not ask"
+    );
+    assert!(kv.get("n", "a").expect("kv").is_some());
+
+    // The record cannot be made durable: nothing is written.
+    let (b, kv, _) = backends(true);
+    let r = invoke(
+        &rt,
+        &kv_tool,
+        &g,
+        &b,
+        "put",
+        json!({"key": "a", "value": "1"}),
+    )
+    .await;
+    match &r.outcome {
+        Outcome::Denied { reason, rule } => {
+            assert_eq!(rule, "audit.write_ahead");
+            assert!(reason.contains("disk full"), "{reason}");
+        }
+        other => panic!("expected a denial, got {other:?}"),
+    }
+    assert!(kv.get("n", "a").expect("kv").is_none());
+
+    // HTTP: with the record failing, no connection is ever opened.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let port = listener.local_addr().expect("addr").port();
+    let fetch = load(&rt, "http-fetch").await;
+    let hg = grant(&format!(
+        "[http]\nallow = [{{ host = \"127.0.0.1\", port = {port}, schemes = [\"http\"] }}]\n"
+    ));
+    let (b, _, hook) = backends(true);
+    let r = invoke(
+        &rt,
+        &fetch,
+        &hg,
+        &b,
+        "get",
+        json!({"url": format!("http://127.0.0.1:{port}/x")}),
+    )
+    .await;
+    assert!(!r.outcome.is_ok(), "{:?}", r.outcome);
+    assert_eq!(hook.seen.lock().expect("lock").len(), 1);
+    match &r.imports[0].decision {
+        warden_policy::Decision::Deny { rule, .. } => assert_eq!(rule, "audit.write_ahead"),
+        other => panic!("expected the write-ahead denial, got {other:?}"),
+    }
+    assert!(
+        listener.accept().is_err(),
+        "a connection reached the server although its record failed"
+    );
 }

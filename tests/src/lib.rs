@@ -58,6 +58,7 @@ pub fn backends(secrets: &[(&str, &str)]) -> Backends {
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
         )),
+        write_ahead: None,
     }
 }
 

@@ -97,6 +97,21 @@ impl ImportCall {
         }
     }
 
+    /// Whether the call acts outside the sandbox (writes data or reaches
+    /// another system): such an effect happens only after its decision entry
+    /// is durable in the audit trail (write-ahead).
+    pub fn leaves_sandbox(&self) -> bool {
+        matches!(
+            self,
+            ImportCall::FsOpen { write: true, .. }
+                | ImportCall::FsWrite { .. }
+                | ImportCall::FsDelete { .. }
+                | ImportCall::HttpRequest { .. }
+                | ImportCall::KvSet { .. }
+                | ImportCall::KvDelete { .. }
+        )
+    }
+
     /// The resource the call touches (path, URL, key, secret name).
     pub fn resource(&self) -> String {
         match self {

@@ -5,4 +5,9 @@ wasmtime::component::bindgen!({
     path: "../../wit",
     world: "warden:tool/tool",
     exports: { default: async },
+    // Effects wait for their write-ahead audit record.
+    imports: {
+        "warden:tool/kv.set": async,
+        "warden:tool/kv.delete": async,
+    },
 });

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use warden_policy::{Capability, Decision, Grant, ImportCall, check_import};
 
 use crate::journal::{Divergence, JournalEntry, Tape, TapeHandle};
+use crate::state::WriteAhead;
 
 /// Most guarded import calls one invocation may make. A security bound: it
 /// keeps the event record of one call bounded, and a tool that needs more
@@ -61,11 +62,16 @@ pub struct Guard {
     started: Instant,
     inner: Arc<Mutex<Inner>>,
     tape: TapeHandle,
+    write_ahead: Option<Arc<dyn WriteAhead>>,
 }
 
 impl Guard {
     /// A guard for one call under `grant`.
-    pub(crate) fn new(grant: Arc<Grant>, tape: TapeHandle) -> Guard {
+    pub(crate) fn new(
+        grant: Arc<Grant>,
+        tape: TapeHandle,
+        write_ahead: Option<Arc<dyn WriteAhead>>,
+    ) -> Guard {
         Guard {
             grant,
             started: Instant::now(),
@@ -74,6 +80,36 @@ impl Guard {
                 calls: 0,
             })),
             tape,
+            write_ahead,
+        }
+    }
+
+    /// Write-ahead: makes the decision of allowed import call `seq` durable
+    /// before its effect. Capability views call it for every call that
+    /// [leaves the sandbox](ImportCall::leaves_sandbox), after the guard
+    /// allowed it and before acting. On failure the event becomes a denial
+    /// (`audit.write_ahead`) and the effect must not happen. A replay acts
+    /// on nothing and writes nothing.
+    pub async fn before_effect(&self, seq: u32) -> Result<(), String> {
+        let Some(hook) = &self.write_ahead else {
+            return Ok(());
+        };
+        if self.replaying() {
+            return Ok(());
+        }
+        let event = self.lock().events.get(seq as usize).cloned();
+        let Some(event) = event else {
+            return Err("audit: the import call is not recorded".into());
+        };
+        match hook.before_effect(event).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let reason = format!(
+                    "audit: the decision could not be made durable, so the effect did not happen: {e}"
+                );
+                self.record_sandbox_denial(seq, "audit.write_ahead", reason.clone());
+                Err(reason)
+            }
         }
     }
 

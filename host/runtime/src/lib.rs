@@ -39,7 +39,7 @@ pub use caps::secrets::{SecretSource, StaticSecrets};
 pub use guard::ImportEvent;
 pub use journal::{Divergence, Journal};
 pub use linker::{Provider, capability_of};
-pub use state::Backends;
+pub use state::{Backends, WriteAhead};
 pub use tool::{ActionInfo, Tool, ToolInfo};
 pub use warden_policy::Effect;
 
@@ -322,6 +322,7 @@ impl Runtime {
         let backends = Backends {
             kv: Arc::new(MemoryKv::default()),
             secrets: Arc::new(StaticSecrets::default()),
+            write_ahead: None,
         };
         // Describe takes a pool slot like any call, so a load under full
         // concurrency waits instead of failing on an exhausted pool.
@@ -472,6 +473,7 @@ impl Runtime {
         let backends = Backends {
             kv: Arc::new(MemoryKv::default()),
             secrets,
+            write_ahead: None,
         };
         let tape = TapeHandle::replay(journal);
         report.outcome = self

@@ -31,6 +31,20 @@ use rand::rngs::StdRng;
 pub struct Backends {
     pub kv: Arc<dyn KvBackend>,
     pub secrets: Arc<dyn SecretSource>,
+    /// Where the decision of each effect that leaves the sandbox is made
+    /// durable before the effect happens (the audit trail); `None` runs
+    /// effects without a write-ahead record (the standalone `warden run`).
+    pub write_ahead: Option<Arc<dyn WriteAhead>>,
+}
+
+/// The write-ahead hook: makes an allowed import call's decision durable.
+/// The effect happens only if this succeeds; an error fails the import call
+/// closed (the guest sees a denial, the event records why).
+pub trait WriteAhead: Send + Sync + std::fmt::Debug {
+    fn before_effect(
+        &self,
+        event: crate::ImportEvent,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 }
 
 /// WASI context and resource table; implements [`WasiView`].
@@ -182,7 +196,7 @@ impl CallState {
                     })?;
             }
         }
-        let guard = Guard::new(grant.clone(), tape);
+        let guard = Guard::new(grant.clone(), tape, backends.write_ahead.clone());
         Ok(CallState {
             wasi: WasiParts {
                 ctx: builder.build(),

@@ -202,6 +202,64 @@ impl AuditLog {
 }
 
 /// Waits for a queued entry to be durable.
+/// The write-ahead records of one call: before each effect that leaves the
+/// sandbox, an `import.decided` entry (the call's ids, the import call and
+/// its decision) is appended and awaited until durable.
+#[derive(Debug)]
+pub(crate) struct CallWriteAhead {
+    sender: mpsc::Sender<Msg>,
+    template: Entry,
+}
+
+impl warden_runtime::WriteAhead for CallWriteAhead {
+    fn before_effect(
+        &self,
+        event: warden_runtime::ImportEvent,
+    ) -> std::pin::Pin<Box<dyn Future<Output = std::result::Result<(), String>> + Send>> {
+        let mut e = self.template.clone();
+        e.kind = "import.decided".into();
+        e.time_ms = now_ms();
+        e.decision = Some("allow".into());
+        e.rule = Some("grant".into());
+        e.detail = serde_json::json!({
+            "import": event.seq,
+            "capability": event.capability,
+            "operation": event.operation,
+            "resource": event.resource,
+        });
+        let sender = self.sender.clone();
+        Box::pin(async move {
+            let stopped = || "the audit writer stopped".to_owned();
+            let (done, rx) = oneshot::channel();
+            sender
+                .send(Msg::Append {
+                    entry: Box::new(e),
+                    payload: None,
+                    done,
+                })
+                .await
+                .map_err(|_| stopped())?;
+            match rx.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(stopped()),
+            }
+        })
+    }
+}
+
+impl AuditLog {
+    /// The write-ahead hook of one call; `template` carries the call's ids.
+    pub(crate) fn write_ahead(
+        &self,
+        store: &TenantStore,
+        template: Entry,
+    ) -> Arc<dyn warden_runtime::WriteAhead> {
+        let sender = self.writer(store, &template.tenant);
+        Arc::new(CallWriteAhead { sender, template })
+    }
+}
+
 pub(crate) async fn durable(rx: oneshot::Receiver<Result<u64>>) -> Result<u64> {
     rx.await
         .map_err(|_| Error::Internal("audit trail: the writer stopped".into()))?

@@ -432,11 +432,14 @@ impl Warden {
         } else {
             (None, Some(decided_rx))
         };
+        let mut template = entry("import.decided");
+        template.component = Some(component.hash_hex());
         let backends = Backends {
             kv: self.kv_of(&session.tenant),
             secrets: Arc::new(TenantSecrets {
                 dir: self.data_dir.join("secrets").join(&session.tenant),
             }),
+            write_ahead: Some(self.audit.write_ahead(&store, template)),
         };
         let mut report = self
             .runtime

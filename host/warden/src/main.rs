@@ -439,9 +439,12 @@ async fn run_action(
     if let Some(path) = kv_file {
         load_kv(path, &kv)?;
     }
+    // `warden run` is the standalone developer runner: no audit trail, so no
+    // write-ahead records.
     let backends = Backends {
         kv: kv.clone(),
         secrets: Arc::new(EnvSecrets),
+        write_ahead: None,
     };
     let report = runtime
         .invoke(

@@ -77,11 +77,27 @@ impl FsView<'_> {
         }
     }
 
-    /// Asks the guard; on denial returns the error the guest sees.
-    fn check(&self, call: ImportCall) -> Result<u32, FsError> {
-        match self.guard.check(call) {
-            (seq, Decision::Allow) => Ok(seq),
-            (_, Decision::Deny { .. }) => Err(types::ErrorCode::NotPermitted.into()),
+    /// Asks the guard; on denial returns the error the guest sees. A write
+    /// waits for its write-ahead audit record before it may happen.
+    fn check(
+        &self,
+        call: ImportCall,
+    ) -> impl Future<Output = Result<u32, FsError>> + Send + 'static {
+        // Decided now; only the write-ahead wait is deferred (and it borrows
+        // nothing of the view).
+        let effect = call.leaves_sandbox();
+        let decided = self.guard.check(call);
+        let guard = self.guard.clone();
+        async move {
+            match decided {
+                (seq, Decision::Allow) => {
+                    if effect && guard.before_effect(seq).await.is_err() {
+                        return Err(types::ErrorCode::NotPermitted.into());
+                    }
+                    Ok(seq)
+                }
+                (_, Decision::Deny { .. }) => Err(types::ErrorCode::NotPermitted.into()),
+            }
         }
     }
 
@@ -198,7 +214,9 @@ impl HostDescriptor for FsView<'_> {
         fd: Resource<types::Descriptor>,
     ) -> FsResult<Resource<types::DirectoryEntryStream>> {
         let path = self.base(&fd);
-        let seq = self.check(ImportCall::FsRead { path: path.clone() })?;
+        let seq = self
+            .check(ImportCall::FsRead { path: path.clone() })
+            .await?;
         let r = self.inner.read_directory(fd).await;
         self.record(seq, &path, &r);
         r
@@ -214,7 +232,9 @@ impl HostDescriptor for FsView<'_> {
         path: String,
     ) -> FsResult<()> {
         let full = self.full(&fd, &path);
-        let seq = self.check(ImportCall::FsWrite { path: full.clone() })?;
+        let seq = self
+            .check(ImportCall::FsWrite { path: full.clone() })
+            .await?;
         let r = self.inner.create_directory_at(fd, path).await;
         self.record(seq, &full, &r);
         r
@@ -231,7 +251,9 @@ impl HostDescriptor for FsView<'_> {
         path: String,
     ) -> FsResult<types::DescriptorStat> {
         let full = self.full(&fd, &path);
-        let seq = self.check(ImportCall::FsRead { path: full.clone() })?;
+        let seq = self
+            .check(ImportCall::FsRead { path: full.clone() })
+            .await?;
         let r = self.inner.stat_at(fd, path_flags, path).await;
         self.record(seq, &full, &r);
         r
@@ -246,7 +268,9 @@ impl HostDescriptor for FsView<'_> {
         mtim: types::NewTimestamp,
     ) -> FsResult<()> {
         let full = self.full(&fd, &path);
-        let seq = self.check(ImportCall::FsWrite { path: full.clone() })?;
+        let seq = self
+            .check(ImportCall::FsWrite { path: full.clone() })
+            .await?;
         let r = self
             .inner
             .set_times_at(fd, path_flags, path, atim, mtim)
@@ -265,10 +289,12 @@ impl HostDescriptor for FsView<'_> {
     ) -> FsResult<()> {
         let old_full = self.full(&fd, &old_path);
         let new_full = self.full(&new_descriptor, &new_path);
-        self.check(ImportCall::FsRead { path: old_full })?;
-        let seq = self.check(ImportCall::FsWrite {
-            path: new_full.clone(),
-        })?;
+        self.check(ImportCall::FsRead { path: old_full }).await?;
+        let seq = self
+            .check(ImportCall::FsWrite {
+                path: new_full.clone(),
+            })
+            .await?;
         let r = self
             .inner
             .link_at(fd, old_path_flags, old_path, new_descriptor, new_path)
@@ -289,10 +315,12 @@ impl HostDescriptor for FsView<'_> {
         let write = flags
             .intersects(types::DescriptorFlags::WRITE | types::DescriptorFlags::MUTATE_DIRECTORY)
             || oflags.intersects(types::OpenFlags::CREATE | types::OpenFlags::TRUNCATE);
-        let seq = self.check(ImportCall::FsOpen {
-            path: full.clone(),
-            write,
-        })?;
+        let seq = self
+            .check(ImportCall::FsOpen {
+                path: full.clone(),
+                write,
+            })
+            .await?;
         let r = self
             .inner
             .open_at(fd, path_flags, path, oflags, flags)
@@ -315,7 +343,9 @@ impl HostDescriptor for FsView<'_> {
         path: String,
     ) -> FsResult<String> {
         let full = self.full(&fd, &path);
-        let seq = self.check(ImportCall::FsRead { path: full.clone() })?;
+        let seq = self
+            .check(ImportCall::FsRead { path: full.clone() })
+            .await?;
         let r = self.inner.readlink_at(fd, path).await;
         self.record(seq, &full, &r);
         r
@@ -327,7 +357,9 @@ impl HostDescriptor for FsView<'_> {
         path: String,
     ) -> FsResult<()> {
         let full = self.full(&fd, &path);
-        let seq = self.check(ImportCall::FsDelete { path: full.clone() })?;
+        let seq = self
+            .check(ImportCall::FsDelete { path: full.clone() })
+            .await?;
         let r = self.inner.remove_directory_at(fd, path).await;
         self.record(seq, &full, &r);
         r
@@ -342,10 +374,12 @@ impl HostDescriptor for FsView<'_> {
     ) -> FsResult<()> {
         let old_full = self.full(&fd, &old_path);
         let new_full = self.full(&new_fd, &new_path);
-        self.check(ImportCall::FsDelete { path: old_full })?;
-        let seq = self.check(ImportCall::FsWrite {
-            path: new_full.clone(),
-        })?;
+        self.check(ImportCall::FsDelete { path: old_full }).await?;
+        let seq = self
+            .check(ImportCall::FsWrite {
+                path: new_full.clone(),
+            })
+            .await?;
         let r = self.inner.rename_at(fd, old_path, new_fd, new_path).await;
         self.record(seq, &new_full, &r);
         r
@@ -362,8 +396,10 @@ impl HostDescriptor for FsView<'_> {
         // the guard refuses targets that are absolute or climb with `..`.
         let target = self.full(&fd, &src_path);
         let dest = self.full(&fd, &dest_path);
-        self.check(ImportCall::FsRead { path: target })?;
-        let seq = self.check(ImportCall::FsWrite { path: dest.clone() })?;
+        self.check(ImportCall::FsRead { path: target }).await?;
+        let seq = self
+            .check(ImportCall::FsWrite { path: dest.clone() })
+            .await?;
         let r = self.inner.symlink_at(fd, src_path, dest_path).await;
         self.record(seq, &dest, &r);
         r
@@ -375,7 +411,9 @@ impl HostDescriptor for FsView<'_> {
         path: String,
     ) -> FsResult<()> {
         let full = self.full(&fd, &path);
-        let seq = self.check(ImportCall::FsDelete { path: full.clone() })?;
+        let seq = self
+            .check(ImportCall::FsDelete { path: full.clone() })
+            .await?;
         let r = self.inner.unlink_file_at(fd, path).await;
         self.record(seq, &full, &r);
         r
@@ -426,7 +464,9 @@ impl HostDescriptor for FsView<'_> {
         path: String,
     ) -> FsResult<types::MetadataHashValue> {
         let full = self.full(&fd, &path);
-        let seq = self.check(ImportCall::FsRead { path: full.clone() })?;
+        let seq = self
+            .check(ImportCall::FsRead { path: full.clone() })
+            .await?;
         let r = self.inner.metadata_hash_at(fd, path_flags, path).await;
         self.record(seq, &full, &r);
         r

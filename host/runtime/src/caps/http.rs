@@ -102,6 +102,10 @@ impl WasiHttpHooks for HttpHooks {
             .connect_timeout
             .get_or_insert(DEFAULT_CONNECT_TIMEOUT);
         Box::new(async move {
+            // Write-ahead: the request leaves only once its decision is durable.
+            if guard.before_effect(seq).await.is_err() {
+                return Err(Error::HttpRequestDenied);
+            }
             let result = fetch(request, options, max).await;
             match result {
                 Ok((status, headers, body)) => {

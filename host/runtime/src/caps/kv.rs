@@ -105,9 +105,8 @@ pub struct KvView<'a> {
 }
 
 impl KvView<'_> {
-    /// Guards `call`, then runs `op` on the grant's namespace through the
-    /// guard's journal (a replay returns the journaled result instead).
-    fn run<T: serde::Serialize + serde::de::DeserializeOwned>(
+    /// A read: [`KvView::act`] without a write-ahead record.
+    fn run_now<T: serde::Serialize + serde::de::DeserializeOwned>(
         &self,
         call: ImportCall,
         request: serde_json::Value,
@@ -117,6 +116,33 @@ impl KvView<'_> {
             (seq, Decision::Allow) => seq,
             (_, Decision::Deny { reason, .. }) => return Err(Error::Denied(reason)),
         };
+        self.act(seq, request, op)
+    }
+
+    /// A write: guards `call`, makes its decision durable (write-ahead),
+    /// then acts.
+    async fn run<T: serde::Serialize + serde::de::DeserializeOwned>(
+        &self,
+        call: ImportCall,
+        request: serde_json::Value,
+        op: impl FnOnce(&dyn KvBackend, &str) -> Result<T, String>,
+    ) -> Result<T, Error> {
+        let seq = match self.guard.check(call) {
+            (seq, Decision::Allow) => seq,
+            (_, Decision::Deny { reason, .. }) => return Err(Error::Denied(reason)),
+        };
+        self.guard.before_effect(seq).await.map_err(Error::Denied)?;
+        self.act(seq, request, op)
+    }
+
+    /// Runs `op` on the grant's namespace through the guard's journal (a
+    /// replay returns the journaled result instead).
+    fn act<T: serde::Serialize + serde::de::DeserializeOwned>(
+        &self,
+        seq: u32,
+        request: serde_json::Value,
+        op: impl FnOnce(&dyn KvBackend, &str) -> Result<T, String>,
+    ) -> Result<T, Error> {
         let namespace = match &self.state.grant {
             Some(g) => Some(g.namespace.as_str()),
             // Allowed without a grant cannot happen when recording: the guard
@@ -140,13 +166,13 @@ impl KvView<'_> {
 impl wit::Host for KvView<'_> {
     fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, Error> {
         let call = ImportCall::KvGet { key: key.clone() };
-        self.run(call, serde_json::Value::Null, |b, ns| {
+        self.run_now(call, serde_json::Value::Null, |b, ns| {
             b.get(ns, &key).map(|v| v.map(B64))
         })
         .map(|v| v.map(|b| b.0))
     }
 
-    fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), Error> {
+    async fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), Error> {
         let len = value.len() as u64;
         let call = ImportCall::KvSet {
             key: key.clone(),
@@ -154,17 +180,19 @@ impl wit::Host for KvView<'_> {
         };
         let request = serde_json::json!({ "value": B64(value.clone()) });
         self.run(call, request, |b, ns| b.set(ns, &key, value))
+            .await
     }
 
-    fn delete(&mut self, key: String) -> Result<bool, Error> {
+    async fn delete(&mut self, key: String) -> Result<bool, Error> {
         let call = ImportCall::KvDelete { key: key.clone() };
         self.run(call, serde_json::Value::Null, |b, ns| b.delete(ns, &key))
+            .await
     }
 
     fn list_keys(&mut self, prefix: String) -> Result<Vec<String>, Error> {
         let call = ImportCall::KvList {
             prefix: prefix.clone(),
         };
-        self.run(call, serde_json::Value::Null, |b, ns| b.list(ns, &prefix))
+        self.run_now(call, serde_json::Value::Null, |b, ns| b.list(ns, &prefix))
     }
 }
