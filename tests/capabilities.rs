@@ -481,6 +481,89 @@ async fn secrets_allow_deny_missing() {
     check(&r, Err("capability `secrets`"));
 }
 
+/// Secrets never leave: an output holding a granted secret's value is
+/// refused (and so never stored), and the value is redacted from the logs,
+/// stdout, stderr, the import records and the journal; a call that reads the
+/// secret without spilling it is untouched.
+#[tokio::test]
+async fn secret_values_never_leave_the_call() {
+    let rt = runtime();
+    let probe = load(&rt, "fixture_unlinked").await;
+    let b = backends(&[("API_TOKEN", "s3cr3t-value")]);
+    let g = grant(
+        "[kv]\nnamespace = \"probe\"\nwrite = true\n[log]\n[secrets]\nnames = [\"API_TOKEN\"]\n",
+    );
+    // Allowed: reading the secret and returning only its length.
+    let r = invoke(
+        &rt,
+        &probe,
+        &g,
+        &b,
+        "secret_length",
+        json!({"name": "API_TOKEN"}),
+    )
+    .await;
+    check(&r, Ok("\"length\":12"));
+    assert!(r.secrets_redacted.is_empty());
+    // Refused: returning it.
+    let r = invoke(
+        &rt,
+        &probe,
+        &g,
+        &b,
+        "secret_echo",
+        json!({"name": "API_TOKEN"}),
+    )
+    .await;
+    match &r.outcome {
+        Outcome::Denied { reason, rule } => {
+            assert_eq!(rule, "guard.secret_leak");
+            assert!(reason.contains("secret `API_TOKEN`"), "{reason}");
+        }
+        other => panic!("expected the leak refused, got {other:?}"),
+    }
+    assert_eq!(r.output, None);
+    // Redacted: spilling it to the log, stdio and a kv value. The tool's own
+    // effect (the kv write) still happens: the boundary is the grant.
+    let r = invoke(
+        &rt,
+        &probe,
+        &g,
+        &b,
+        "secret_spill",
+        json!({"name": "API_TOKEN"}),
+    )
+    .await;
+    assert!(r.outcome.is_ok(), "{:?}", r.outcome);
+    assert_eq!(r.secrets_redacted, vec!["API_TOKEN".to_owned()]);
+    let everything = format!(
+        "{} {}",
+        serde_json::to_string(&r).expect("report"),
+        serde_json::to_string(&r.journal).expect("journal")
+    );
+    assert!(!everything.contains("s3cr3t-value"), "{everything}");
+    assert!(
+        r.stdout.contains("[redacted secret API_TOKEN]"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.logs[0].message.contains("[redacted secret API_TOKEN]"));
+    let journal = r.journal.expect("journal");
+    let set = journal
+        .imports
+        .iter()
+        .find(|e| e.operation == "set")
+        .expect("kv set journaled");
+    use base64::Engine as _;
+    let value = base64::engine::general_purpose::STANDARD
+        .decode(set.request["value"].as_str().expect("value"))
+        .expect("base64");
+    assert_eq!(
+        String::from_utf8(value).expect("utf-8"),
+        "kv [redacted secret API_TOKEN]"
+    );
+}
+
 #[tokio::test]
 async fn log_allow_budget_unlinked() {
     let rt = runtime();

@@ -116,6 +116,34 @@ async fn each_fixture_is_stopped_by_its_limit() {
     assert!(r.outcome.is_ok());
     healthy(&rt, &text).await;
 
+    // An output its own schema forbids: refused, not returned.
+    let r = hostile(&rt, &h, "", "lying_output", json!({})).await;
+    match &r.outcome {
+        Outcome::InvalidOutput { message } => assert!(
+            message.contains("does not match the output schema at count")
+                && message.contains("is not of type \"integer\""),
+            "{message}"
+        ),
+        other => panic!("lying output: {other:?}"),
+    }
+    assert_eq!(r.output, None);
+    // An input its schema forbids never reaches the tool: nothing runs.
+    let r = hostile(&rt, &h, "", "lying_output", json!({"extra": 1})).await;
+    match &r.outcome {
+        Outcome::InvalidInput { field, message } => {
+            // `additionalProperties: false` without `properties` fails as a
+            // false schema at the object itself.
+            assert!(field == "extra" || field == "$", "{field}: {message}");
+            assert!(
+                message.contains("does not match the input schema"),
+                "{message}"
+            );
+        }
+        other => panic!("schema-invalid input: {other:?}"),
+    }
+    assert_eq!(r.fuel_used, 0, "refused before any wasm ran");
+    healthy(&rt, &text).await;
+
     // Stdout/stderr flood: captured up to the cap, the rest dropped and counted.
     let r = hostile(
         &rt,

@@ -33,21 +33,21 @@ async fn text_actions_and_invalid_input() {
             json!({"document": {}, "pointer": "/missing"}),
             Ok(json!({"found": false, "value": null})),
         ),
-        // Invalid input names the field.
+        // Invalid input names the field (the host checks the schema first).
         (
             "word_count",
             json!({}),
-            Err(("text", "missing field `text`")),
+            Err(("text", "\"text\" is a required property")),
         ),
         (
             "word_count",
             json!({"text": 5}),
-            Err(("text", "invalid type")),
+            Err(("text", "is not of type \"string\"")),
         ),
         (
             "word_count",
             json!({"text": "x", "extra": 1}),
-            Err(("extra", "unknown field")),
+            Err(("extra", "Additional properties are not allowed")),
         ),
         (
             "regex_extract",

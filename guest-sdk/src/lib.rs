@@ -221,6 +221,13 @@ impl Action {
         self.input_schema = Schema::Given(schema.to_owned());
         self
     }
+
+    /// Overrides the derived output schema with a hand-written one (JSON
+    /// text). The host validates every output against it.
+    pub fn with_output_schema(mut self, schema: &str) -> Action {
+        self.output_schema = Schema::Given(schema.to_owned());
+        self
+    }
 }
 
 fn schema_json<T: JsonSchema>() -> String {

@@ -44,6 +44,35 @@ pub struct ImportEvent {
 struct Inner {
     events: Vec<ImportEvent>,
     calls: usize,
+    /// (name, value) of the secrets this call has read; kept in memory for
+    /// the call only, to keep their values out of every record.
+    secrets: Vec<(String, String)>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Best effort: do not leave secret values in freed memory as is.
+        for (_, v) in &mut self.secrets {
+            v.clear();
+        }
+    }
+}
+
+/// Secret values shorter than this are not searched for (they would match
+/// ordinary text); a granted secret this short is not a secret.
+pub const MIN_SECRET_LEN: usize = 4;
+
+/// Replaces every occurrence of a secret value in `text`; returns the names
+/// found.
+pub(crate) fn redact(text: &mut String, secrets: &[(String, String)]) -> Vec<String> {
+    let mut found = Vec::new();
+    for (name, value) in secrets {
+        if value.len() >= MIN_SECRET_LEN && text.contains(value.as_str()) {
+            *text = text.replace(value.as_str(), &format!("[redacted secret {name}]"));
+            found.push(name.clone());
+        }
+    }
+    found
 }
 
 /// Rule of the denial a replay gives an import call that differs from the
@@ -78,6 +107,7 @@ impl Guard {
             inner: Arc::new(Mutex::new(Inner {
                 events: Vec::new(),
                 calls: 0,
+                secrets: Vec::new(),
             })),
             tape,
             write_ahead,
@@ -113,6 +143,49 @@ impl Guard {
         }
     }
 
+    /// Remembers a secret value the call read, so no record keeps it.
+    pub fn secret_read(&self, name: &str, value: &str) {
+        let mut inner = self.lock();
+        if !inner.secrets.iter().any(|(n, _)| n == name) {
+            inner.secrets.push((name.to_owned(), value.to_owned()));
+        }
+    }
+
+    /// The secrets this call read, as (name, value).
+    pub(crate) fn secrets(&self) -> Vec<(String, String)> {
+        self.lock().secrets.clone()
+    }
+
+    /// Redacts secret values in a journaled value: in strings, and in the
+    /// bytes of base64 strings (kv values, HTTP bodies).
+    fn scrub_value(&self, v: &mut Value) {
+        let secrets = self.secrets();
+        if secrets.is_empty() {
+            return;
+        }
+        fn walk(v: &mut Value, secrets: &[(String, String)]) {
+            match v {
+                Value::String(s) => {
+                    if !redact(s, secrets).is_empty() {
+                        return;
+                    }
+                    use base64::Engine as _;
+                    let b64 = &base64::engine::general_purpose::STANDARD;
+                    if let Ok(bytes) = b64.decode(s.as_bytes())
+                        && let Ok(mut text) = String::from_utf8(bytes)
+                        && !redact(&mut text, secrets).is_empty()
+                    {
+                        *s = b64.encode(text.as_bytes());
+                    }
+                }
+                Value::Array(a) => a.iter_mut().for_each(|x| walk(x, secrets)),
+                Value::Object(m) => m.values_mut().for_each(|x| walk(x, secrets)),
+                _ => {}
+            }
+        }
+        walk(v, &secrets);
+    }
+
     /// Whether this call is a replay (results come from the journal).
     pub fn replaying(&self) -> bool {
         self.tape.is_replay()
@@ -125,6 +198,7 @@ impl Guard {
         &self,
         seq: u32,
         call: &ImportCall,
+        resource: &str,
         live: impl FnOnce() -> Decision,
     ) -> Decision {
         let mut tape = self.tape.lock();
@@ -139,7 +213,7 @@ impl Guard {
                     j.imports.push(JournalEntry {
                         capability: call.capability(),
                         operation: call.operation().to_owned(),
-                        resource: call.resource(),
+                        resource: resource.to_owned(),
                         decision: decision.clone(),
                         request: Value::Null,
                         result: Value::Null,
@@ -160,19 +234,14 @@ impl Guard {
                 if let Some(d) = divergence {
                     return diverged(format!("replay: diverged earlier ({d})"));
                 }
-                let got = format!(
-                    "{} {} `{}`",
-                    call.capability(),
-                    call.operation(),
-                    call.resource()
-                );
+                let got = format!("{} {} `{}`", call.capability(), call.operation(), resource);
                 let position = *next_import;
                 *next_import += 1;
                 match journal.imports.get(position) {
                     Some(e)
                         if e.capability == call.capability()
                             && e.operation == call.operation()
-                            && e.resource == call.resource() =>
+                            && e.resource == resource =>
                     {
                         e.decision.clone()
                     }
@@ -237,7 +306,9 @@ impl Guard {
     }
 
     /// Records the request and result of import call `seq` (recording only).
-    pub fn journal(&self, seq: u32, request: Value, result: Value) {
+    pub fn journal(&self, seq: u32, mut request: Value, mut result: Value) {
+        self.scrub_value(&mut request);
+        self.scrub_value(&mut result);
         if let Tape::Record(j) = &mut *self.tape.lock()
             && let Some(e) = j.imports.get_mut(seq as usize)
         {
@@ -250,6 +321,9 @@ impl Guard {
     /// checking that `request` is the journaled one. A different request is a
     /// divergence, returned as the error the guest receives.
     pub fn replayed(&self, seq: u32, request: &Value) -> Result<Value, String> {
+        let mut request = request.clone();
+        self.scrub_value(&mut request);
+        let request = &request;
         let expected = match &*self.tape.lock() {
             Tape::Replay { journal, .. } => journal.imports.get(seq as usize).cloned(),
             Tape::Record(_) => None,
@@ -297,6 +371,10 @@ impl Guard {
         let mut inner = self.lock();
         inner.calls += 1;
         let seq = u32::try_from(inner.events.len()).unwrap_or(u32::MAX);
+        // What is recorded never holds a secret value the call has read (a
+        // URL path or a key built from one).
+        let mut resource = call.resource();
+        redact(&mut resource, &inner.secrets);
         let decision = if inner.calls > MAX_IMPORT_CALLS {
             Decision::Deny {
                 reason: format!(
@@ -305,14 +383,14 @@ impl Guard {
                 rule: "guard.max_import_calls".to_owned(),
             }
         } else {
-            self.journal_decision(seq, &call, || check_import(&self.grant, &call))
+            self.journal_decision(seq, &call, &resource, || check_import(&self.grant, &call))
         };
         if inner.events.len() < MAX_IMPORT_CALLS {
             let event = ImportEvent {
                 seq,
                 capability: call.capability(),
                 operation: call.operation(),
-                resource: call.resource(),
+                resource,
                 decision: decision.clone(),
                 error: None,
                 at_us: u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX),

@@ -244,6 +244,9 @@ pub struct Report {
     /// `warden audit replay`.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub invocation_id: String,
+    /// Secrets whose values were removed from the logs and stdio (names).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub secrets_redacted: Vec<String>,
     /// The import journal of the call (for the audit trail and replay); not
     /// part of the answer.
     #[serde(skip)]
@@ -313,6 +316,7 @@ impl Runtime {
             required,
             from_cache: cached,
             pres: Mutex::new(HashMap::new()),
+            validators: HashMap::new(),
         };
         // Describe with every import the component needs linked but an empty
         // grant: any capability use during describe is denied by the guard.
@@ -352,6 +356,7 @@ impl Runtime {
         };
         drop(store);
         tool.info = ToolInfo::from_wit(raw)?;
+        tool.validators = tool.info.validators()?;
         Ok(Arc::new(tool))
     }
 
@@ -440,6 +445,7 @@ impl Runtime {
             stdio_dropped: 0,
             correlation_id: String::new(),
             invocation_id: String::new(),
+            secrets_redacted: Vec::new(),
             journal: None,
         };
         report.outcome = self
@@ -511,6 +517,7 @@ impl Runtime {
             stdio_dropped: 0,
             correlation_id: String::new(),
             invocation_id: String::new(),
+            secrets_redacted: Vec::new(),
             journal: None,
         })
     }
@@ -546,10 +553,23 @@ impl Runtime {
                 ),
             };
         }
-        if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(call.input) {
+        let input: serde_json::Value = match serde_json::from_str(call.input) {
+            Ok(v) => v,
+            Err(e) => {
+                return Outcome::InvalidInput {
+                    field: "$".into(),
+                    message: format!("input is not JSON: {e}"),
+                };
+            }
+        };
+        // The host validates the input against the action's schema before
+        // anything runs; the tool's own checks come second.
+        if let Some((validator, _)) = tool.validators.get(call.action)
+            && let Some((field, message)) = tool::schema_error(validator, &input)
+        {
             return Outcome::InvalidInput {
-                field: "$".into(),
-                message: format!("input is not JSON: {e}"),
+                field,
+                message: format!("does not match the input schema: {message}"),
             };
         }
         if !grant.allows_action(call.action) {
@@ -638,12 +658,53 @@ impl Runtime {
         report.stderr = stderr;
         report.stdio_dropped = out_dropped + err_dropped;
         let hit = state.limiter.hit;
+        // Secret values the call read never leave in its logs or stdio.
+        let secrets = state.guard.secrets();
+        let mut redacted = guard::redact(&mut report.stdout, &secrets);
+        redacted.extend(guard::redact(&mut report.stderr, &secrets));
+        for line in &mut report.logs {
+            redacted.extend(guard::redact(&mut line.message, &secrets));
+        }
+        redacted.sort();
+        redacted.dedup();
+        report.secrets_redacted = redacted;
+        let outcome = Self::outcome(tool, call, &limits, report, result, hit, first_denial);
+        // Nor in its output: an output holding one is refused, not returned.
+        if let Some(out) = &report.output {
+            let mut text = out.to_string();
+            let leaked = guard::redact(&mut text, &secrets);
+            if let Some(name) = leaked.first() {
+                report.output = None;
+                return Outcome::Denied {
+                    reason: format!(
+                        "guard: the output contains the value of secret `{name}`; it is not returned"
+                    ),
+                    rule: "guard.secret_leak".into(),
+                };
+            }
+        }
+        outcome
+    }
 
+    /// The outcome of a finished call, and its output when it is valid.
+    #[allow(clippy::too_many_arguments)]
+    fn outcome(
+        tool: &Tool,
+        call: Call<'_>,
+        limits: &Limits,
+        report: &mut Report,
+        result: std::result::Result<
+            wasmtime::Result<std::result::Result<String, bindings::warden::tool::types::ToolError>>,
+            tokio::time::error::Elapsed,
+        >,
+        hit: Option<LimitHit>,
+        first_denial: Option<ImportEvent>,
+    ) -> Outcome {
         match result {
             Err(_elapsed) => Outcome::Deadline {
                 limit_ms: limits.deadline_ms,
             },
-            Ok(Err(e)) => classify_trap(&e, hit, &limits, &report.stderr),
+            Ok(Err(e)) => classify_trap(&e, hit, limits, &report.stderr),
             Ok(Ok(Err(tool_error))) => tool_outcome(tool_error, first_denial),
             Ok(Ok(Ok(output))) => {
                 let size = output.len() as u64;
@@ -653,15 +714,25 @@ impl Runtime {
                         size,
                     };
                 }
-                match serde_json::from_str(&output) {
-                    Ok(v) => {
-                        report.output = Some(v);
-                        Outcome::Ok
+                let value: serde_json::Value = match serde_json::from_str(&output) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        return Outcome::InvalidOutput {
+                            message: format!("output is not JSON: {e}"),
+                        };
                     }
-                    Err(e) => Outcome::InvalidOutput {
-                        message: format!("output is not JSON: {e}"),
-                    },
+                };
+                if let Some((_, validator)) = tool.validators.get(call.action)
+                    && let Some((at, message)) = tool::schema_error(validator, &value)
+                {
+                    return Outcome::InvalidOutput {
+                        message: format!(
+                            "output does not match the output schema at {at}: {message}"
+                        ),
+                    };
                 }
+                report.output = Some(value);
+                Outcome::Ok
             }
         }
     }

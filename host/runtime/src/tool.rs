@@ -101,6 +101,62 @@ impl ToolInfo {
     }
 }
 
+impl ToolInfo {
+    /// Compiles every action's schemas once, at load.
+    pub(crate) fn validators(
+        &self,
+    ) -> Result<HashMap<String, (jsonschema::Validator, jsonschema::Validator)>> {
+        let compile = |a: &ActionInfo, which: &str, v: &serde_json::Value| {
+            jsonschema::validator_for(v).map_err(|e| {
+                Error::InvalidDescription(format!(
+                    "action `{}`: {which} schema cannot be compiled: {e}",
+                    a.name
+                ))
+            })
+        };
+        self.actions
+            .iter()
+            .map(|a| {
+                Ok((
+                    a.name.clone(),
+                    (
+                        compile(a, "input", &a.input_schema)?,
+                        compile(a, "output", &a.output_schema)?,
+                    ),
+                ))
+            })
+            .collect()
+    }
+}
+
+/// The first way `value` breaks `schema`, as (field, message). The field is
+/// named like the guest SDK names it: a top-level field by its name, a
+/// nested one as a JSON pointer (`/ticket/id`), the whole input as `$`. A
+/// missing or unexpected property is the field itself.
+pub(crate) fn schema_error(
+    validator: &jsonschema::Validator,
+    value: &serde_json::Value,
+) -> Option<(String, String)> {
+    use jsonschema::error::ValidationErrorKind as K;
+    validator.iter_errors(value).next().map(|e| {
+        let mut path = e.instance_path.to_string();
+        let property = match &e.kind {
+            K::Required { property } => property.as_str().map(str::to_owned),
+            K::AdditionalProperties { unexpected } => unexpected.first().cloned(),
+            _ => None,
+        };
+        if let Some(p) = property {
+            path = format!("{path}/{p}");
+        }
+        let field = match path.strip_prefix('/') {
+            None => "$".to_owned(),
+            Some(top) if !top.contains('/') => top.to_owned(),
+            Some(_) => path.clone(),
+        };
+        (field, e.to_string())
+    })
+}
+
 /// Parses a schema and checks it is a valid JSON Schema.
 fn parse_schema(action: &str, which: &str, text: &str) -> Result<serde_json::Value> {
     let bad =
@@ -122,6 +178,8 @@ pub struct Tool {
     pub(crate) required: BTreeSet<Capability>,
     pub(crate) from_cache: bool,
     pub(crate) pres: Mutex<HashMap<BTreeSet<Capability>, ToolPre<CallState>>>,
+    /// Compiled (input, output) schema validators per action.
+    pub(crate) validators: HashMap<String, (jsonschema::Validator, jsonschema::Validator)>,
 }
 
 impl std::fmt::Debug for Tool {

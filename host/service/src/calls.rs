@@ -119,6 +119,7 @@ fn refused(tool: &str, action: &str, reason: String) -> Report {
         stdio_dropped: 0,
         correlation_id: String::new(),
         invocation_id: String::new(),
+        secrets_redacted: Vec::new(),
         journal: None,
     }
 }

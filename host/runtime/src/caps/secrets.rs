@@ -79,6 +79,7 @@ impl wit::Host for SecretsView<'_> {
                 }
                 match self.state.source.get(&name) {
                     Some(v) => {
+                        self.guard.secret_read(&name, &v);
                         self.guard.journal(
                             seq,
                             serde_json::Value::Null,
