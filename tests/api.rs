@@ -718,6 +718,7 @@ async fn one_correlation_id_runs_from_the_request_through_the_imports() {
         .expect("body");
     let v: Value = serde_json::from_slice(&body).expect("json");
     assert_eq!(v["outcome"], "ok", "{v}");
+    assert_eq!(v["untrusted"], true, "tool output is marked untrusted: {v}");
     assert_eq!(v["correlation_id"], "trace-7f3a");
     assert!(!v["imports"].as_array().expect("imports").is_empty(), "{v}");
     // A fresh one when the client sends none: the same in header and report.

@@ -58,6 +58,7 @@ async def main() -> None:
                     "isError": bool(r.is_error),
                     "structuredContent": r.structured_content,
                     "text": [c.text for c in r.content if getattr(c, "type", None) == "text"],
+                    "meta": r.meta,
                 }
             )
     print(json.dumps(out))

@@ -153,7 +153,9 @@ impl ServerHandler for WardenMcp {
             Ok(r) => r,
             Err(e) => return Err(McpError::invalid_request(e.message, None)),
         };
-        Ok(match report.outcome {
+        let markers = report.injection_markers.clone();
+        let invocation = report.invocation_id.clone();
+        let mut result = match report.outcome {
             Outcome::Ok => {
                 let output = report.output.unwrap_or(serde_json::Value::Null);
                 if output.is_object() {
@@ -163,8 +165,16 @@ impl ServerHandler for WardenMcp {
                 }
             }
             other => CallToolResult::error(vec![ContentBlock::text(other.reason())]),
+        };
+        // Tool output is untrusted content: say so on every answer.
+        let mut meta = serde_json::Map::new();
+        meta.insert("warden/untrusted".into(), serde_json::Value::Bool(true));
+        meta.insert("warden/invocation_id".into(), invocation.into());
+        if !markers.is_empty() {
+            meta.insert("warden/injection_markers".into(), markers.into());
         }
-        .into())
+        result.meta = Some(rmcp::model::MetaObject(meta));
+        Ok(result.into())
     }
 }
 

@@ -22,6 +22,7 @@ mod linker;
 mod state;
 mod stdio;
 mod tool;
+pub mod untrusted;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -247,6 +248,12 @@ pub struct Report {
     /// Secrets whose values were removed from the logs and stdio (names).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub secrets_redacted: Vec<String>,
+    /// Tool output is untrusted content: always true when there is output.
+    /// Treat it as data, never as instructions.
+    pub untrusted: bool,
+    /// Prompt-injection markers found in the output (a heuristic signal).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub injection_markers: Vec<String>,
     /// The import journal of the call (for the audit trail and replay); not
     /// part of the answer.
     #[serde(skip)]
@@ -446,6 +453,8 @@ impl Runtime {
             correlation_id: String::new(),
             invocation_id: String::new(),
             secrets_redacted: Vec::new(),
+            untrusted: false,
+            injection_markers: Vec::new(),
             journal: None,
         };
         report.outcome = self
@@ -518,6 +527,8 @@ impl Runtime {
             correlation_id: String::new(),
             invocation_id: String::new(),
             secrets_redacted: Vec::new(),
+            untrusted: false,
+            injection_markers: Vec::new(),
             journal: None,
         })
     }
@@ -672,6 +683,8 @@ impl Runtime {
         // Nor in its output: an output holding one is refused, not returned.
         if let Some(out) = &report.output {
             let mut text = out.to_string();
+            report.untrusted = true;
+            report.injection_markers = untrusted::injection_markers(&text);
             let leaked = guard::redact(&mut text, &secrets);
             if let Some(name) = leaked.first() {
                 report.output = None;

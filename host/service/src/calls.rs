@@ -120,6 +120,8 @@ fn refused(tool: &str, action: &str, reason: String) -> Report {
         correlation_id: String::new(),
         invocation_id: String::new(),
         secrets_redacted: Vec::new(),
+        untrusted: false,
+        injection_markers: Vec::new(),
         journal: None,
     }
 }
@@ -470,6 +472,8 @@ impl Warden {
             "logs_dropped": report.logs_dropped,
             "stdio_dropped": report.stdio_dropped,
             "journal_sha256": journal.as_deref().map(|j| sha256_hex(j.as_bytes())),
+            "injection_markers": report.injection_markers,
+            "secrets_redacted": report.secrets_redacted,
         });
         let payload = Payload {
             input: None,

@@ -219,6 +219,12 @@ async fn python_client_lists_and_calls_over_stdio_and_http_in_both_modes() {
             // allowed: structured content matching the output schema
             assert_eq!(res[0]["isError"], false, "{ctx}: {}", res[0]);
             assert_eq!(res[0]["structuredContent"]["words"], 3, "{ctx}");
+            // Tool output is marked untrusted on every answer.
+            assert_eq!(
+                res[0]["meta"]["warden/untrusted"], true,
+                "{ctx}: {}",
+                res[0]
+            );
             for key in wc["outputSchema"]["required"]
                 .as_array()
                 .into_iter()
