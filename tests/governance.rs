@@ -1302,3 +1302,165 @@ async fn changes_by_another_process_reach_the_next_call_through_the_cache() {
     }
     other.close().await;
 }
+
+/// Rate limits per minute, hour and UTC day, the write quota and the daily
+/// fuel budget each allow up to their bound, deny past it with their rule,
+/// and allow again in the next window. Refusals are audited with the rule.
+#[tokio::test]
+async fn rate_limits_quotas_and_the_fuel_budget_hold_at_their_boundaries() {
+    let mut e = env().await;
+    let deployer = e.tenant("acme").await;
+    let builder = e.principal(&deployer, "b", &["builder"]).await;
+    e.publish(
+        &builder,
+        "fixture_greeter_v1",
+        "tools/fixtures/greeter-v1/tool.toml",
+    )
+    .await;
+    e.publish(&builder, "kv", "tools/kv/tool.toml").await;
+    e.w.deploy_tool(&deployer, "greeter", "1.0.0")
+        .await
+        .expect("deploy");
+    e.w.deploy_tool(&deployer, "kv", "0.1.0")
+        .await
+        .expect("deploy");
+    e.active_agent(&builder, &deployer, "bot").await;
+    let mut greeter = greeter_grant();
+    greeter.rate = Some(warden_policy::RateGrant {
+        per_minute: Some(2),
+        per_hour: Some(3),
+        per_day: Some(4),
+        writes_per_day: None,
+        fuel_per_day: None,
+    });
+    e.w.add_grant(&deployer, "bot", "greeter", &greeter, None)
+        .await
+        .expect("grant");
+    let (cred, _) = e.token_for(&deployer, "bot").await;
+    let clock = e.clock.clone();
+    let now = move || clock.load(Ordering::SeqCst);
+    let fresh = || async {
+        e.w.exchange_credential(&cred, None, None)
+            .await
+            .expect("token")
+            .token
+    };
+    assert_eq!(now() % 3600, 0, "the test starts on an hour boundary");
+    let greet = |token: String| {
+        let w = &e.w;
+        async move {
+            let s = w.authenticate_agent(&token).await.expect("session");
+            w.invoke(&s, "greeter", "greet", r#"{"name":"ada"}"#)
+                .await
+                .expect("answered")
+                .outcome
+        }
+    };
+    let denied = |o: Outcome, want: &str| match o {
+        Outcome::Denied { rule, reason } => {
+            assert_eq!(rule, want, "{reason}");
+        }
+        other => panic!("expected a {want} denial, got {other:?}"),
+    };
+    let t = fresh().await;
+    assert_eq!(greet(t.clone()).await, Outcome::Ok);
+    assert_eq!(greet(t.clone()).await, Outcome::Ok);
+    denied(greet(t.clone()).await, "guard.rate.minute");
+    e.advance(59);
+    denied(greet(t.clone()).await, "guard.rate.minute");
+    e.advance(1); // the next minute
+    assert_eq!(greet(t.clone()).await, Outcome::Ok);
+    denied(greet(t.clone()).await, "guard.rate.hour");
+    e.advance(3600 - 60); // the next hour
+    let t = fresh().await;
+    assert_eq!(greet(t.clone()).await, Outcome::Ok);
+    denied(greet(t.clone()).await, "guard.rate.day");
+    e.advance(86_400 - now() % 86_400); // the next UTC day
+    let t = fresh().await;
+    assert_eq!(greet(t.clone()).await, Outcome::Ok);
+
+    // The write quota counts write, destructive and external calls only.
+    let mut kv = Grant::from_toml("[kv]\nnamespace = \"bot\"\nwrite = true\n").expect("kv");
+    kv.rate = Some(warden_policy::RateGrant {
+        per_minute: None,
+        per_hour: None,
+        per_day: None,
+        writes_per_day: Some(2),
+        fuel_per_day: None,
+    });
+    e.w.add_grant(&deployer, "bot", "kv", &kv, None)
+        .await
+        .expect("grant");
+    let s = e.w.authenticate_agent(&t).await.expect("session");
+    let kv_call = |action: &'static str, input: &'static str| {
+        let w = &e.w;
+        let s = s.clone();
+        async move {
+            w.invoke(&s, "kv", action, input)
+                .await
+                .expect("answered")
+                .outcome
+        }
+    };
+    assert_eq!(
+        kv_call("put", r#"{"key":"a","value":"1"}"#).await,
+        Outcome::Ok
+    );
+    assert_eq!(kv_call("delete", r#"{"key":"a"}"#).await, Outcome::Ok);
+    denied(
+        kv_call("put", r#"{"key":"b","value":"1"}"#).await,
+        "guard.write_quota",
+    );
+    assert_eq!(
+        kv_call("get", r#"{"key":"a"}"#).await,
+        Outcome::Ok,
+        "reads are not writes"
+    );
+
+    // The fuel budget: a call is admitted while budget remains; once spent,
+    // the next is refused until the next UTC day.
+    let mut fuel = greeter_grant();
+    fuel.rate = Some(warden_policy::RateGrant {
+        per_minute: None,
+        per_hour: None,
+        per_day: None,
+        writes_per_day: None,
+        fuel_per_day: Some(1),
+    });
+    let t = fresh().await;
+    e.w.add_grant(&deployer, "bot", "greeter", &fuel, None)
+        .await
+        .expect("grant");
+    // Today's greeter calls already burned fuel: the budget of 1 is spent.
+    denied(greet(t.clone()).await, "guard.fuel_budget");
+    e.advance(86_400);
+    let t = fresh().await;
+    assert_eq!(
+        greet(t.clone()).await,
+        Outcome::Ok,
+        "a new day, a new budget"
+    );
+    denied(greet(t.clone()).await, "guard.fuel_budget");
+
+    // Every refusal is in the audit trail with its rule.
+    let bundle = e.w.audit_export(&deployer).await.expect("export");
+    let rules: Vec<String> = bundle
+        .records
+        .iter()
+        .filter_map(|r| warden_audit::Entry::decode(r.body.as_bytes()).ok())
+        .filter(|en| en.kind == "invocation.decided" && en.decision.as_deref() == Some("deny"))
+        .filter_map(|en| en.rule)
+        .collect();
+    for rule in [
+        "guard.rate.minute",
+        "guard.rate.hour",
+        "guard.rate.day",
+        "guard.write_quota",
+        "guard.fuel_budget",
+    ] {
+        assert!(
+            rules.iter().any(|r| r == rule),
+            "{rule} not audited: {rules:?}"
+        );
+    }
+}

@@ -87,7 +87,7 @@ pub struct Grant {
     pub secrets: Option<SecretsGrant>,
     #[serde(default)]
     pub log: Option<LogGrant>,
-    /// Call-rate limits and quotas. Stored with the grant; enforced by the
+    /// Call-rate limits, quotas and the fuel budget, enforced per agent by the
     /// guardrail checks in front of the runtime, not by the runtime itself.
     #[serde(default)]
     pub rate: Option<RateGrant>,
@@ -481,20 +481,39 @@ impl Default for LogGrant {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateGrant {
-    /// Most calls in any sliding minute.
+    /// Most calls of one action per clock minute.
     #[serde(default)]
     pub per_minute: Option<u32>,
-    /// Most calls per UTC day: the quota.
+    /// Most calls of one action per clock hour.
+    #[serde(default)]
+    pub per_hour: Option<u32>,
+    /// Most calls of one action per UTC day: the quota.
     #[serde(default)]
     pub per_day: Option<u32>,
+    /// Most calls per UTC day, over all actions of the tool, whose effect is
+    /// write, destructive or external: the write quota.
+    #[serde(default)]
+    pub writes_per_day: Option<u32>,
+    /// Fuel the agent may burn on this tool per UTC day: the fuel budget. A
+    /// call is admitted while the budget is not spent; the call that crosses
+    /// it finishes (its own fuel limit still holds).
+    #[serde(default)]
+    pub fuel_per_day: Option<u64>,
 }
 
 impl RateGrant {
     fn validate(&self) -> Result<()> {
-        if self.per_minute == Some(0) || self.per_day == Some(0) {
+        let zero = [
+            self.per_minute,
+            self.per_hour,
+            self.per_day,
+            self.writes_per_day,
+        ]
+        .contains(&Some(0))
+            || self.fuel_per_day == Some(0);
+        if zero {
             return Err(Error::InvalidGrant(
-                "rate: per_minute and per_day must be at least 1 (revoke the grant to allow no calls)"
-                    .into(),
+                "rate: every bound must be at least 1 (revoke the grant to allow no calls)".into(),
             ));
         }
         Ok(())

@@ -412,6 +412,41 @@ impl Warden {
             }
             Resolved::Run { grant, tool, .. } => (grant, tool),
         };
+        // Rates, quotas and the fuel budget: counted at admission, before
+        // anything runs; a refusal is recorded with the rule that made it.
+        let counter_key = (
+            session.tenant.clone(),
+            session.agent_id.clone(),
+            tool.to_owned(),
+        );
+        let metered = grant.rate.is_some();
+        if let Some(rate) = &grant.rate {
+            let effect = component
+                .info()
+                .action(action)
+                .map_or(warden_policy::Effect::External, |a| a.effect);
+            if let Err((rule, reason)) =
+                self.counters
+                    .admit(&counter_key, action, effect, rate, self.now())
+            {
+                tracing::info!(%reason, rule, "call refused by a guardrail counter");
+                let mut e = entry("invocation.decided");
+                e.decision = Some("deny".into());
+                e.rule = Some(rule.into());
+                e.component = Some(component.hash_hex());
+                e.detail = serde_json::json!({ "reason": reason });
+                self.audit
+                    .append(&store, e, Some(Payload::input(input)))
+                    .await?;
+                let mut r = refused(tool, action, String::new());
+                r.outcome = Outcome::Denied {
+                    reason,
+                    rule: rule.into(),
+                };
+                r.invocation_id = invocation;
+                return Ok(r);
+            }
+        }
         // Write-ahead: when the grant gives the call any capability (a way to
         // act outside the sandbox), its decision is durable before anything
         // runs. A call with no capability has no effect to hold back: its
@@ -448,6 +483,10 @@ impl Warden {
             .runtime
             .invoke(&component, grant, &backends, Call { action, input })
             .await;
+        if metered {
+            self.counters
+                .burned(&counter_key, report.fuel_used, self.now());
+        }
         // The answer goes out only once its completion entry is durable.
         let mut finished = entry("invocation.finished");
         finished.component = Some(report.component_sha256.clone());

@@ -18,6 +18,7 @@
 mod audit;
 mod cache;
 mod calls;
+mod counters;
 mod governance;
 mod keys;
 mod secrets;
@@ -190,6 +191,8 @@ pub struct Warden {
     cache: cache::CallCache,
     /// The audit writers.
     audit: audit::AuditLog,
+    /// Rate, quota and fuel-budget counters.
+    counters: counters::Counters,
 }
 
 impl std::fmt::Debug for Warden {
@@ -237,6 +240,7 @@ impl Warden {
                 kv: Mutex::new(HashMap::new()),
                 cache: cache::CallCache::default(),
                 audit: audit_log,
+                counters: counters::Counters::default(),
             },
             bootstrap_key,
         })
