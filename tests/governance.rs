@@ -1464,3 +1464,101 @@ async fn rate_limits_quotas_and_the_fuel_budget_hold_at_their_boundaries() {
         );
     }
 }
+
+/// Data classification per session: a session that has read confidential data
+/// is stopped from calling an action that sends data to a public destination;
+/// a fresh session (another data session, or another token) is not.
+#[tokio::test]
+async fn a_session_that_read_confidential_data_cannot_send_it_out() {
+    let mut e = env().await;
+    let deployer = e.tenant("acme").await;
+    let builder = e.principal(&deployer, "b", &["builder"]).await;
+    let publish = |component: &str, manifest: String| {
+        let bytes = std::fs::read(guest(component)).expect("component");
+        let w = &e.w;
+        let builder = builder.clone();
+        async move {
+            w.publish_tool(&builder, &bytes, &manifest)
+                .await
+                .expect("published");
+        }
+    };
+    let text = std::fs::read_to_string(root().join("tools/text/tool.toml"))
+        .expect("manifest")
+        .replacen(
+            "name = \"json_select\"\neffect = \"read\"\nclassification = \"internal\"",
+            "name = \"json_select\"\neffect = \"read\"\nclassification = \"confidential\"",
+            1,
+        );
+    assert!(text.contains("\"confidential\""));
+    publish("text", text).await;
+    let greeter = std::fs::read_to_string(root().join("tools/fixtures/greeter-v1/tool.toml"))
+        .expect("manifest")
+        .replacen(
+            "classification = \"public\"",
+            "classification = \"public\"\nsends_to = \"public\"",
+            1,
+        );
+    publish("fixture_greeter_v1", greeter).await;
+    for (tool, v) in [("text", "0.1.0"), ("greeter", "1.0.0")] {
+        e.w.deploy_tool(&deployer, tool, v).await.expect("deploy");
+    }
+    e.active_agent(&builder, &deployer, "bot").await;
+    for tool in ["text", "greeter"] {
+        e.w.add_grant(&deployer, "bot", tool, &greeter_grant(), None)
+            .await
+            .expect("grant");
+    }
+    let (cred, token) = e.token_for(&deployer, "bot").await;
+    let s = e.w.authenticate_agent(&token).await.expect("session");
+    let greet = |s: warden_service::AgentSession| {
+        let w = &e.w;
+        async move {
+            w.invoke(&s, "greeter", "greet", r#"{"name":"ada"}"#)
+                .await
+                .expect("answered")
+                .outcome
+        }
+    };
+    let read_confidential = |s: warden_service::AgentSession| {
+        let w = &e.w;
+        async move {
+            let r = w
+                .invoke(
+                    &s,
+                    "text",
+                    "json_select",
+                    r#"{"document":{"salary":1},"pointer":"/salary"}"#,
+                )
+                .await
+                .expect("answered");
+            assert!(r.outcome.is_ok(), "{:?}", r.outcome);
+        }
+    };
+    // Allowed before anything above public was read.
+    assert_eq!(greet(s.clone()).await, Outcome::Ok);
+    read_confidential(s.clone()).await;
+    match greet(s.clone()).await {
+        Outcome::Denied { rule, reason } => {
+            assert_eq!(rule, "guard.classification");
+            assert!(
+                reason.contains("confidential") && reason.contains("public"),
+                "{reason}"
+            );
+        }
+        other => panic!("expected a classification denial, got {other:?}"),
+    }
+    // A fresh session: a new token, or another data session id.
+    let fresh =
+        e.w.exchange_credential(&cred, None, None)
+            .await
+            .expect("token")
+            .token;
+    let s2 = e.w.authenticate_agent(&fresh).await.expect("session");
+    assert_eq!(greet(s2.clone()).await, Outcome::Ok);
+    let a = s2.clone().in_data_session("agent:a");
+    let b = s2.clone().in_data_session("agent:b");
+    read_confidential(a.clone()).await;
+    assert!(matches!(greet(a).await, Outcome::Denied { .. }));
+    assert_eq!(greet(b).await, Outcome::Ok);
+}

@@ -39,7 +39,14 @@ pub enum Classification {
 pub struct ManifestAction {
     pub name: String,
     pub effect: Effect,
+    /// The tier of the data the action returns.
     pub classification: Classification,
+    /// The tier of the destination the action sends data to (an external
+    /// mail is `public`, an internal wiki `internal`); absent when it sends
+    /// nothing out. A session that has read data above this tier may not
+    /// call it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sends_to: Option<Classification>,
 }
 
 /// A directory the tool expects, by guest path.

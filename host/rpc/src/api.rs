@@ -129,13 +129,41 @@ fn empty_object() -> Value {
     json!({})
 }
 
+/// The agent's data session (`x-warden-session`, or over MCP its
+/// `mcp-session-id`): at most 128 characters of `A-Za-z0-9._:-`. Empty when
+/// absent (the access token is then the session).
+pub(crate) fn data_session(headers: &axum::http::HeaderMap) -> ApiResult<String> {
+    let Some(v) = headers
+        .get("x-warden-session")
+        .or_else(|| headers.get("mcp-session-id"))
+    else {
+        return Ok(String::new());
+    };
+    let v = v.to_str().unwrap_or("\u{0}");
+    if v.is_empty()
+        || v.len() > 128
+        || !v
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._:-".contains(c))
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "x-warden-session must be 1 to 128 characters of A-Z a-z 0-9 . _ : -",
+        ));
+    }
+    Ok(format!("agent:{v}"))
+}
+
 pub async fn invoke(
     State(state): State<AppState>,
     rid: Option<axum::Extension<crate::RequestId>>,
+    headers: axum::http::HeaderMap,
     Bearer(t): Bearer,
     ApiJson(req): ApiJson<InvokeRequest>,
 ) -> ApiResult<axum::response::Response> {
     let cid = rid.map(|r| r.0.0).unwrap_or_default();
+    let ds = data_session(&headers)?;
     let wait = Duration::from_millis(req.wait_ms.unwrap_or(DEFAULT_WAIT_MS).min(MAX_WAIT_MS));
     let id = new_id();
     let input = req.input.to_string();
@@ -146,7 +174,7 @@ pub async fn invoke(
         let mut call = Box::pin(authenticated_call(
             state.clone(),
             t,
-            (cid, id.clone()),
+            (cid, id.clone(), ds),
             req.tool,
             req.action,
             input,
@@ -186,7 +214,8 @@ pub async fn invoke(
     let session = agent(&state, &t)
         .await?
         .correlated(cid)
-        .invocation(id.clone());
+        .invocation(id.clone())
+        .in_data_session(ds);
     state
         .invocations
         .start(&id, &session.tenant, &session.agent_id);
@@ -233,7 +262,7 @@ pub(crate) async fn run_call(
 async fn authenticated_call(
     state: AppState,
     token: String,
-    (correlation_id, invocation_id): (String, String),
+    (correlation_id, invocation_id, data_session): (String, String, String),
     tool: String,
     action: String,
     input: String,
@@ -245,7 +274,8 @@ async fn authenticated_call(
         .authenticate_agent(&token)
         .await?
         .correlated(correlation_id)
-        .invocation(invocation_id);
+        .invocation(invocation_id)
+        .in_data_session(data_session);
     let _ = session_out.send(session.clone());
     let report = state
         .warden

@@ -139,7 +139,13 @@ async fn mcp_auth(
         Ok(session) => {
             // The MCP handler reads the session from here instead of
             // authenticating the same token a second time.
-            let session = session.correlated(RequestId::of(&parts.extensions));
+            let ds = match api::data_session(&parts.headers) {
+                Ok(ds) => ds,
+                Err(e) => return e.into_response(),
+            };
+            let session = session
+                .correlated(RequestId::of(&parts.extensions))
+                .in_data_session(ds);
             parts.extensions.insert(session);
             next.run(Request::from_parts(parts, body)).await
         }

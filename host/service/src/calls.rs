@@ -53,6 +53,9 @@ pub struct AgentSession {
     /// The id of the invocation this session runs (the API's invocation id,
     /// also the audit trail's); empty means "make one".
     pub invocation_id: String,
+    /// The agent's own session id, for data classification; empty means the
+    /// access token is the session.
+    pub data_session: String,
     token_hash: String,
     last_active_at: Option<i64>,
     /// The agent's renewal date (checked against the clock on every call).
@@ -71,6 +74,13 @@ impl AgentSession {
     /// This session running the invocation with this id.
     pub fn invocation(mut self, id: impl Into<String>) -> AgentSession {
         self.invocation_id = id.into();
+        self
+    }
+
+    /// This session in the agent's data session `id` (see
+    /// [`AgentSession::data_session`]).
+    pub fn in_data_session(mut self, id: impl Into<String>) -> AgentSession {
+        self.data_session = id.into();
         self
     }
 }
@@ -235,6 +245,7 @@ impl Warden {
             expires_at: record.expires_at,
             correlation_id: String::new(),
             invocation_id: String::new(),
+            data_session: String::new(),
             token_hash: token_hash.to_owned(),
             last_active_at: agent.last_active_at,
             renew_by: agent.renew_by,
@@ -326,7 +337,9 @@ impl Warden {
         let session = self
             .session(&session.tenant, &session.token_hash)
             .await?
-            .correlated(session.correlation_id.clone());
+            .correlated(session.correlation_id.clone())
+            .invocation(session.invocation_id.clone())
+            .in_data_session(session.data_session.clone());
         self.invoke_authenticated(&session, tool, action, input)
             .await
     }
@@ -398,7 +411,7 @@ impl Warden {
             ),
             r => r,
         };
-        let (grant, component) = match resolved {
+        let (grant, component, manifest) = match resolved {
             Resolved::Refused(reason) => {
                 tracing::info!(%reason, "call refused");
                 let mut e = entry("invocation.decided");
@@ -410,8 +423,51 @@ impl Warden {
                     .await?;
                 return Ok(refused(tool, action, reason));
             }
-            Resolved::Run { grant, tool, .. } => (grant, tool),
+            Resolved::Run {
+                grant,
+                tool,
+                manifest,
+            } => (grant, tool, manifest),
         };
+        // Data classification: an action that sends data out may not run in a
+        // session that has read data above its destination's tier.
+        let data_session = (
+            session.tenant.clone(),
+            session.agent_id.clone(),
+            if session.data_session.is_empty() {
+                format!("token:{}", session.token_hash)
+            } else {
+                session.data_session.clone()
+            },
+        );
+        let declared = manifest.actions.iter().find(|a| a.name == action);
+        if let Some(dest) = declared.and_then(|a| a.sends_to) {
+            let tier = self.sessions.tier(&data_session);
+            if tier > dest {
+                let reason = format!(
+                    "data classification: this session has read {} data, and `{action}` sends data to a {} destination",
+                    tier_name(tier),
+                    tier_name(dest)
+                );
+                tracing::info!(%reason, "call refused");
+                let mut e = entry("invocation.decided");
+                e.decision = Some("deny".into());
+                e.rule = Some("guard.classification".into());
+                e.component = Some(component.hash_hex());
+                e.detail = serde_json::json!({ "reason": reason, "session_tier": tier_name(tier), "destination": tier_name(dest) });
+                self.audit
+                    .append(&store, e, Some(Payload::input(input)))
+                    .await?;
+                let mut r = refused(tool, action, String::new());
+                r.outcome = Outcome::Denied {
+                    reason,
+                    rule: "guard.classification".into(),
+                };
+                r.invocation_id = invocation;
+                return Ok(r);
+            }
+        }
+        let reads = declared.map_or(Classification::Restricted, |a| a.classification);
         // Rates, quotas and the fuel budget: counted at admission, before
         // anything runs; a refusal is recorded with the rule that made it.
         let counter_key = (
@@ -483,6 +539,9 @@ impl Warden {
             .runtime
             .invoke(&component, grant, &backends, Call { action, input })
             .await;
+        if report.outcome.is_ok() {
+            self.sessions.read(&data_session, reads, self.now());
+        }
         if metered {
             self.counters
                 .burned(&counter_key, report.fuel_used, self.now());
@@ -651,5 +710,14 @@ impl Warden {
         self.tools
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+fn tier_name(c: Classification) -> &'static str {
+    match c {
+        Classification::Public => "public",
+        Classification::Internal => "internal",
+        Classification::Confidential => "confidential",
+        Classification::Restricted => "restricted",
     }
 }

@@ -22,6 +22,7 @@ mod counters;
 mod governance;
 mod keys;
 mod secrets;
+mod sessions;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -193,6 +194,8 @@ pub struct Warden {
     audit: audit::AuditLog,
     /// Rate, quota and fuel-budget counters.
     counters: counters::Counters,
+    /// Data classification per agent session.
+    sessions: sessions::Sessions,
 }
 
 impl std::fmt::Debug for Warden {
@@ -241,6 +244,7 @@ impl Warden {
                 cache: cache::CallCache::default(),
                 audit: audit_log,
                 counters: counters::Counters::default(),
+                sessions: sessions::Sessions::default(),
             },
             bootstrap_key,
         })
