@@ -719,6 +719,29 @@ async fn one_correlation_id_runs_from_the_request_through_the_imports() {
     let v: Value = serde_json::from_slice(&body).expect("json");
     assert_eq!(v["outcome"], "ok", "{v}");
     assert_eq!(v["untrusted"], true, "tool output is marked untrusted: {v}");
+    // A malformed data session id is refused with the envelope, before any call.
+    let bad = Request::builder()
+        .method(Method::POST)
+        .uri("/v1/invoke")
+        .header("authorization", format!("Bearer {kv_token}"))
+        .header("content-type", "application/json")
+        .header("x-warden-session", "not a valid id!")
+        .body(Body::from(
+            json!({"tool": "kv", "action": "get", "input": {"key": "k"}}).to_string(),
+        ))
+        .expect("request");
+    let res = a.router.clone().oneshot(bad).await.expect("answer");
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    let body = axum::body::to_bytes(res.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    let e: Value = serde_json::from_slice(&body).expect("json");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("x-warden-session")),
+        "{e}"
+    );
     assert_eq!(v["correlation_id"], "trace-7f3a");
     assert!(!v["imports"].as_array().expect("imports").is_empty(), "{v}");
     // A fresh one when the client sends none: the same in header and report.
