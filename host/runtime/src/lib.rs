@@ -260,6 +260,34 @@ pub struct Report {
     pub journal: Option<Journal>,
 }
 
+impl Report {
+    /// A report of a call not run yet: outcome `ok`, nothing used.
+    pub fn new(tool: &str, version: &str, component_sha256: &str, action: &str) -> Report {
+        Report {
+            tool: tool.to_owned(),
+            version: version.to_owned(),
+            component_sha256: component_sha256.to_owned(),
+            action: action.to_owned(),
+            outcome: Outcome::Ok,
+            output: None,
+            fuel_used: 0,
+            elapsed_us: 0,
+            imports: Vec::new(),
+            logs: Vec::new(),
+            logs_dropped: 0,
+            stdout: String::new(),
+            stderr: String::new(),
+            stdio_dropped: 0,
+            correlation_id: String::new(),
+            invocation_id: String::new(),
+            secrets_redacted: Vec::new(),
+            untrusted: false,
+            injection_markers: Vec::new(),
+            journal: None,
+        }
+    }
+}
+
 /// The result of replaying one invocation.
 #[derive(Debug, Clone)]
 pub struct Replayed {
@@ -435,28 +463,12 @@ impl Runtime {
         call: Call<'_>,
     ) -> Report {
         let started = Instant::now();
-        let mut report = Report {
-            tool: tool.info.name.clone(),
-            version: tool.info.version.clone(),
-            component_sha256: tool.hash_hex(),
-            action: call.action.to_owned(),
-            outcome: Outcome::Ok,
-            output: None,
-            fuel_used: 0,
-            elapsed_us: 0,
-            imports: Vec::new(),
-            logs: Vec::new(),
-            logs_dropped: 0,
-            stdout: String::new(),
-            stderr: String::new(),
-            stdio_dropped: 0,
-            correlation_id: String::new(),
-            invocation_id: String::new(),
-            secrets_redacted: Vec::new(),
-            untrusted: false,
-            injection_markers: Vec::new(),
-            journal: None,
-        };
+        let mut report = Report::new(
+            &tool.info.name,
+            &tool.info.version,
+            &tool.hash_hex(),
+            call.action,
+        );
         report.outcome = self
             .run(tool, grant, backends, call, started, &mut report)
             .await;
@@ -509,28 +521,12 @@ impl Runtime {
 
     fn invoke_blank(&self, tool: &Tool, call: Call<'_>) -> Option<Report> {
         tool.info.action(call.action)?;
-        Some(Report {
-            tool: tool.info.name.clone(),
-            version: tool.info.version.clone(),
-            component_sha256: tool.hash_hex(),
-            action: call.action.to_owned(),
-            outcome: Outcome::Ok,
-            output: None,
-            fuel_used: 0,
-            elapsed_us: 0,
-            imports: Vec::new(),
-            logs: Vec::new(),
-            logs_dropped: 0,
-            stdout: String::new(),
-            stderr: String::new(),
-            stdio_dropped: 0,
-            correlation_id: String::new(),
-            invocation_id: String::new(),
-            secrets_redacted: Vec::new(),
-            untrusted: false,
-            injection_markers: Vec::new(),
-            journal: None,
-        })
+        Some(Report::new(
+            &tool.info.name,
+            &tool.info.version,
+            &tool.hash_hex(),
+            call.action,
+        ))
     }
 
     async fn run(

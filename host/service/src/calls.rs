@@ -112,28 +112,9 @@ pub struct GrantedAction {
 
 /// A report for a call refused before anything ran.
 fn refused(tool: &str, action: &str, reason: String) -> Report {
-    Report {
-        tool: tool.to_owned(),
-        version: String::new(),
-        component_sha256: String::new(),
-        action: action.to_owned(),
-        outcome: Outcome::NotGranted { reason },
-        output: None,
-        fuel_used: 0,
-        elapsed_us: 0,
-        imports: Vec::new(),
-        logs: Vec::new(),
-        logs_dropped: 0,
-        stdout: String::new(),
-        stderr: String::new(),
-        stdio_dropped: 0,
-        correlation_id: String::new(),
-        invocation_id: String::new(),
-        secrets_redacted: Vec::new(),
-        untrusted: false,
-        injection_markers: Vec::new(),
-        journal: None,
-    }
+    let mut r = Report::new(tool, "", "", action);
+    r.outcome = Outcome::NotGranted { reason };
+    r
 }
 
 /// What resolving a call produced: a runnable grant, or why not.
@@ -449,22 +430,12 @@ impl Warden {
                     tier_name(tier),
                     tier_name(dest)
                 );
-                tracing::info!(%reason, "call refused");
                 let mut e = entry("invocation.decided");
-                e.decision = Some("deny".into());
-                e.rule = Some("guard.classification".into());
                 e.component = Some(component.hash_hex());
-                e.detail = serde_json::json!({ "reason": reason, "session_tier": tier_name(tier), "destination": tier_name(dest) });
-                self.audit
-                    .append(&store, e, Some(Payload::input(input)))
-                    .await?;
-                let mut r = refused(tool, action, String::new());
-                r.outcome = Outcome::Denied {
-                    reason,
-                    rule: "guard.classification".into(),
-                };
-                r.invocation_id = invocation;
-                return Ok(r);
+                e.detail = serde_json::json!({ "session_tier": tier_name(tier), "destination": tier_name(dest) });
+                return self
+                    .deny_call(&store, e, "guard.classification", reason, input)
+                    .await;
             }
         }
         let reads = declared.map_or(Classification::Restricted, |a| a.classification);
@@ -485,22 +456,9 @@ impl Warden {
                 self.counters
                     .admit(&counter_key, action, effect, rate, self.now())
             {
-                tracing::info!(%reason, rule, "call refused by a guardrail counter");
                 let mut e = entry("invocation.decided");
-                e.decision = Some("deny".into());
-                e.rule = Some(rule.into());
                 e.component = Some(component.hash_hex());
-                e.detail = serde_json::json!({ "reason": reason });
-                self.audit
-                    .append(&store, e, Some(Payload::input(input)))
-                    .await?;
-                let mut r = refused(tool, action, String::new());
-                r.outcome = Outcome::Denied {
-                    reason,
-                    rule: rule.into(),
-                };
-                r.invocation_id = invocation;
-                return Ok(r);
+                return self.deny_call(&store, e, rule, reason, input).await;
             }
         }
         // Write-ahead: when the grant gives the call any capability (a way to
@@ -586,6 +544,41 @@ impl Warden {
         self.touch(&store, &session).await;
         report.invocation_id = invocation;
         Ok(report)
+    }
+
+    /// Refuses a call by a guardrail before it runs: records the decision
+    /// (`decided`, filled with the call's ids) with `rule` and `reason`, and
+    /// answers with the denial.
+    async fn deny_call(
+        &self,
+        store: &TenantStore,
+        mut decided: Entry,
+        rule: &str,
+        reason: String,
+        input: &str,
+    ) -> Result<Report> {
+        tracing::info!(%reason, rule, "call refused by a guardrail");
+        decided.decision = Some("deny".into());
+        decided.rule = Some(rule.into());
+        if let serde_json::Value::Object(m) = &mut decided.detail {
+            m.insert("reason".into(), reason.clone().into());
+        } else {
+            decided.detail = serde_json::json!({ "reason": reason });
+        }
+        self.audit
+            .append(store, decided.clone(), Some(Payload::input(input)))
+            .await?;
+        let mut r = refused(
+            decided.tool.as_deref().unwrap_or_default(),
+            decided.action.as_deref().unwrap_or_default(),
+            String::new(),
+        );
+        r.outcome = Outcome::Denied {
+            reason,
+            rule: rule.into(),
+        };
+        r.invocation_id = decided.invocation.unwrap_or_default();
+        Ok(r)
     }
 
     /// Records activity, at most once a minute per agent. A failure here does

@@ -122,16 +122,7 @@ impl TenantStore {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(AuditRow {
-                    seq: r.try_get("seq")?,
-                    body: r.try_get("body")?,
-                    mac: r.try_get("mac")?,
-                    cosign: r.try_get("cosign")?,
-                })
-            })
-            .collect()
+        rows.iter().map(audit_row).collect()
     }
 
     /// Every checkpoint: (size, note), smallest first.
@@ -181,16 +172,7 @@ impl TenantStore {
         .bind(invocation)
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(AuditRow {
-                    seq: r.try_get("seq")?,
-                    body: r.try_get("body")?,
-                    mac: r.try_get("mac")?,
-                    cosign: r.try_get("cosign")?,
-                })
-            })
-            .collect()
+        rows.iter().map(audit_row).collect()
     }
 
     /// How far the governance history has been chained.
@@ -213,4 +195,14 @@ impl TenantStore {
         .await?;
         rows.iter().map(crate::tenant::event_row).collect()
     }
+}
+
+/// One `audit_entries` row (`seq, body, mac, cosign`).
+fn audit_row(r: &sqlx::sqlite::SqliteRow) -> Result<AuditRow> {
+    Ok(AuditRow {
+        seq: r.try_get("seq")?,
+        body: r.try_get("body")?,
+        mac: r.try_get("mac")?,
+        cosign: r.try_get("cosign")?,
+    })
 }
