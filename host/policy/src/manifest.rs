@@ -33,6 +33,18 @@ pub enum Classification {
     Restricted,
 }
 
+impl Classification {
+    /// The tier's name, as written in manifests.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Classification::Public => "public",
+            Classification::Internal => "internal",
+            Classification::Confidential => "confidential",
+            Classification::Restricted => "restricted",
+        }
+    }
+}
+
 /// One action as the manifest declares it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

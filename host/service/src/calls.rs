@@ -427,12 +427,12 @@ impl Warden {
             if tier > dest {
                 let reason = format!(
                     "data classification: this session has read {} data, and `{action}` sends data to a {} destination",
-                    tier_name(tier),
-                    tier_name(dest)
+                    tier.as_str(),
+                    dest.as_str()
                 );
                 let mut e = entry("invocation.decided");
                 e.component = Some(component.hash_hex());
-                e.detail = serde_json::json!({ "session_tier": tier_name(tier), "destination": tier_name(dest) });
+                e.detail = serde_json::json!({ "session_tier": tier.as_str(), "destination": dest.as_str() });
                 return self
                     .deny_call(&store, e, "guard.classification", reason, input)
                     .await;
@@ -703,14 +703,5 @@ impl Warden {
         self.tools
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
-
-fn tier_name(c: Classification) -> &'static str {
-    match c {
-        Classification::Public => "public",
-        Classification::Internal => "internal",
-        Classification::Confidential => "confidential",
-        Classification::Restricted => "restricted",
     }
 }

@@ -112,11 +112,16 @@ impl KvView<'_> {
         request: serde_json::Value,
         op: impl FnOnce(&dyn KvBackend, &str) -> Result<T, String>,
     ) -> Result<T, Error> {
-        let seq = match self.guard.check(call) {
-            (seq, Decision::Allow) => seq,
-            (_, Decision::Deny { reason, .. }) => return Err(Error::Denied(reason)),
-        };
+        let seq = self.decide(call)?;
         self.act(seq, request, op)
+    }
+
+    /// Asks the guard; a denial is the error the guest sees.
+    fn decide(&self, call: ImportCall) -> Result<u32, Error> {
+        match self.guard.check(call) {
+            (seq, Decision::Allow) => Ok(seq),
+            (_, Decision::Deny { reason, .. }) => Err(Error::Denied(reason)),
+        }
     }
 
     /// A write: guards `call`, makes its decision durable (write-ahead),
@@ -127,10 +132,7 @@ impl KvView<'_> {
         request: serde_json::Value,
         op: impl FnOnce(&dyn KvBackend, &str) -> Result<T, String>,
     ) -> Result<T, Error> {
-        let seq = match self.guard.check(call) {
-            (seq, Decision::Allow) => seq,
-            (_, Decision::Deny { reason, .. }) => return Err(Error::Denied(reason)),
-        };
+        let seq = self.decide(call)?;
         self.guard.before_effect(seq).await.map_err(Error::Denied)?;
         self.act(seq, request, op)
     }
