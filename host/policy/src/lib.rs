@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cedar;
 mod check;
 mod grant;
 mod limits;

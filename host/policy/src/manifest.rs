@@ -33,6 +33,18 @@ pub enum Classification {
     Restricted,
 }
 
+impl Effect {
+    /// The effect's name, as written in manifests.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Effect::Read => "read",
+            Effect::Write => "write",
+            Effect::Destructive => "destructive",
+            Effect::External => "external",
+        }
+    }
+}
+
 impl Classification {
     /// The tier's name, as written in manifests.
     pub fn as_str(self) -> &'static str {
