@@ -884,6 +884,7 @@ async fn each_effect_waits_for_its_write_ahead_record_and_fails_closed() {
             kv: kv.clone(),
             secrets: Arc::new(StaticSecrets::default()),
             write_ahead: Some(hook.clone()),
+            policy: None,
         };
         (b, kv, hook)
     };

@@ -195,6 +195,7 @@ async fn attempt(
             | Operation::DecideApproval
             | Operation::ReadAudit
             | Operation::RotateAuditKeys
+            | Operation::SetPolicy
     );
     if needs_agent {
         w.create_agent(builder, &agent, "testing", None, None)
@@ -258,6 +259,10 @@ async fn attempt(
             w.audit_entries(caller, 0, 10).await.map(|_| ())
         }
         Operation::RotateAuditKeys => w.audit_rotate(caller, "test").await.map(|_| ()),
+        Operation::SetPolicy => w
+            .set_policy(caller, r#"permit(principal, action, resource);"#)
+            .await
+            .map(|_| ()),
         // Deciding held calls arrives with the approvals issue; until then the
         // role table in warden-policy is what the service will consult.
         Operation::DecideApproval => match caller {
@@ -1561,4 +1566,441 @@ async fn a_session_that_read_confidential_data_cannot_send_it_out() {
     read_confidential(a.clone()).await;
     assert!(matches!(greet(a).await, Outcome::Denied { .. }));
     assert_eq!(greet(b).await, Outcome::Ok);
+}
+
+// ---- Cedar policy --------------------------------------------------------------
+
+/// A tenant policy set: a baseline permit and rules the tests below exercise.
+const POLICY: &str = r#"
+@id("baseline")
+permit(principal, action, resource);
+
+@id("no-mallory")
+@reason("mallory is not greeted")
+forbid(principal, action == Warden::Action::"invoke", resource == Warden::ToolAction::"greeter/greet")
+when { context.args.hasTag("name") && context.args.getTag("name") == "mallory" };
+
+@id("bosses-need-approval")
+@reason("greeting the boss needs a human")
+forbid(principal, action == Warden::Action::"invoke_unattended", resource in Warden::Tool::"greeter")
+when { context.args.hasTag("name") && context.args.getTag("name") == "boss" };
+
+@id("no-deletes-in-production")
+forbid(principal, action == Warden::Action::"invoke", resource in Warden::Tool::"kv")
+when { context.effect == "destructive" && context.env == "production" };
+
+@id("payroll-writes-held")
+forbid(principal, action == Warden::Action::"import_unattended", resource is Warden::KvKey)
+when { resource.operation == "set" && resource.key like "*payroll*" };
+
+@id("secret-keys-off")
+forbid(principal, action == Warden::Action::"import", resource is Warden::KvKey)
+when { resource.key like "*secret*" };
+"#;
+
+/// A tenant with greeter and kv deployed, agent `bot` granted both, and the
+/// policy above in force. Returns the deployer and an agent session.
+async fn policy_env(e: &mut Env) -> (Caller, warden_service::AgentSession) {
+    let deployer = e.tenant("acme").await;
+    let builder = e.principal(&deployer, "b", &["builder"]).await;
+    e.publish(
+        &builder,
+        "fixture_greeter_v1",
+        "tools/fixtures/greeter-v1/tool.toml",
+    )
+    .await;
+    e.publish(&builder, "kv", "tools/kv/tool.toml").await;
+    e.w.deploy_tool(&deployer, "greeter", "1.0.0")
+        .await
+        .expect("deploy");
+    e.w.deploy_tool(&deployer, "kv", "0.1.0")
+        .await
+        .expect("deploy");
+    e.active_agent(&builder, &deployer, "bot").await;
+    e.w.add_grant(&deployer, "bot", "greeter", &greeter_grant(), None)
+        .await
+        .expect("grant");
+    let kv = Grant::from_toml("[kv]\nnamespace = \"bot\"\nwrite = true\n").expect("kv");
+    e.w.add_grant(&deployer, "bot", "kv", &kv, None)
+        .await
+        .expect("grant");
+    let v = e.w.set_policy(&deployer, POLICY).await.expect("policy set");
+    assert_eq!(v.version, 1);
+    let (_, token) = e.token_for(&deployer, "bot").await;
+    let s = e.w.authenticate_agent(&token).await.expect("session");
+    (deployer, s)
+}
+
+/// The decided entries of the trail, by invocation id.
+async fn decided(e: &Env, by: &Caller, invocation: &str) -> warden_audit::Entry {
+    let bundle = e.w.audit_export(by).await.expect("export");
+    bundle
+        .records
+        .iter()
+        .filter_map(|r| warden_audit::Entry::decode(r.body.as_bytes()).ok())
+        .find(|en| en.kind == "invocation.decided" && en.invocation.as_deref() == Some(invocation))
+        .expect("decided entry")
+}
+
+/// Table-driven: real calls under a real policy set, each row with the
+/// decision, the rule and policy that made it, and what `policy test` says
+/// about the same call.
+#[tokio::test]
+async fn cedar_policies_allow_deny_and_hold_real_calls_and_say_why() {
+    let mut e = env().await;
+    let (deployer, s) = policy_env(&mut e).await;
+    // (tool, action, input, decision, rule, policies, reason fragment)
+    type Row = (
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static [&'static str],
+        &'static str,
+    );
+    let rows: [Row; 6] = [
+        (
+            "greeter",
+            "greet",
+            r#"{"name":"ada"}"#,
+            "allow",
+            "policy",
+            &["baseline"],
+            "",
+        ),
+        (
+            "greeter",
+            "greet",
+            r#"{"name":"mallory"}"#,
+            "deny",
+            "policy",
+            &["no-mallory"],
+            "mallory is not greeted",
+        ),
+        (
+            "greeter",
+            "greet",
+            r#"{"name":"boss"}"#,
+            "hold",
+            "policy.hold",
+            &["bosses-need-approval"],
+            "greeting the boss needs a human",
+        ),
+        (
+            "kv",
+            "put",
+            r#"{"key":"a","value":"v"}"#,
+            "allow",
+            "policy",
+            &["baseline"],
+            "",
+        ),
+        (
+            "kv",
+            "delete",
+            r#"{"key":"a"}"#,
+            "deny",
+            "policy",
+            &["no-deletes-in-production"],
+            "no-deletes-in-production",
+        ),
+        (
+            "kv",
+            "get",
+            r#"{"key":"a"}"#,
+            "allow",
+            "policy",
+            &["baseline"],
+            "",
+        ),
+    ];
+    for (tool, action, input, want, rule, policies, why) in rows {
+        let r = e.w.invoke(&s, tool, action, input).await.expect("answered");
+        let row = format!("{tool}/{action} {input}");
+        match (&r.outcome, want) {
+            (Outcome::Ok, "allow") => {}
+            (Outcome::Denied { rule: got, reason }, "deny")
+            | (Outcome::Held { rule: got, reason }, "hold") => {
+                assert_eq!(got, rule, "{row}: {reason}");
+                assert!(reason.contains(why), "{row}: {reason}");
+                assert!(reason.contains("version 1"), "{row}: {reason}");
+                assert_eq!(r.fuel_used, 0, "{row}: nothing ran");
+            }
+            (other, _) => panic!("{row}: expected {want}, got {other:?}"),
+        }
+        // The trail names the decision, the rule and the policies.
+        let d = decided(&e, &deployer, &r.invocation_id).await;
+        assert_eq!(d.decision.as_deref(), Some(want), "{row}");
+        assert_eq!(d.rule.as_deref(), Some(rule), "{row}");
+        assert_eq!(d.detail["policy_version"], 1, "{row}");
+        assert_eq!(d.detail["policies"], serde_json::json!(policies), "{row}");
+        // `policy test` says the same about the same call.
+        let t =
+            e.w.test_policy(
+                &deployer,
+                &warden_service::PolicyTest {
+                    agent: "bot".into(),
+                    tool: tool.into(),
+                    action: action.into(),
+                    args: Some(serde_json::from_str(input).expect("json")),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("policy test");
+        assert_eq!(
+            (t.decision.as_str(), t.rule.as_str()),
+            (want, rule),
+            "{row}: {t:?}"
+        );
+        assert_eq!(t.policies, policies, "{row}");
+        assert!(t.reason.contains(why), "{row}: {}", t.reason);
+    }
+
+    // Import calls: a denied key, and a held one (refused mid-call until
+    // approvals exist), each the guest sees as an error; the call runs.
+    for (key, rule) in [("my-secret", "policy"), ("payroll-2026", "policy.hold")] {
+        let input = format!(r#"{{"key":"{key}","value":"v"}}"#);
+        let r = e.w.invoke(&s, "kv", "put", &input).await.expect("answered");
+        assert!(!r.outcome.is_ok(), "{key}: {:?}", r.outcome);
+        let ev = r
+            .imports
+            .iter()
+            .find(|i| i.resource == key)
+            .unwrap_or_else(|| panic!("{key}: no import event in {:?}", r.imports));
+        match &ev.decision {
+            warden_policy::Decision::Deny { rule: got, .. } => assert_eq!(got, rule, "{key}"),
+            other => panic!("{key}: {other:?}"),
+        }
+    }
+    // The import test, through `policy test`.
+    let t =
+        e.w.test_policy(
+            &deployer,
+            &warden_service::PolicyTest {
+                agent: "bot".into(),
+                tool: "kv".into(),
+                action: "put".into(),
+                import: Some(warden_policy::ImportCall::KvSet {
+                    key: "payroll-1".into(),
+                    len: 1,
+                }),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("policy test");
+    assert_eq!(
+        (t.decision.as_str(), t.rule.as_str()),
+        ("hold", "policy.hold")
+    );
+    // A candidate text is tested without being set.
+    let t = e
+        .w
+        .test_policy(
+            &deployer,
+            &warden_service::PolicyTest {
+                agent: "bot".into(),
+                tool: "greeter".into(),
+                action: "greet".into(),
+                policy: Some(r#"@id("only-reads") permit(principal, action, resource) when { context.effect == "read" };"#.into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("policy test");
+    assert_eq!(t.decision, "allow", "greet is a read: {t:?}");
+    assert_eq!(t.policies, ["only-reads"]);
+    assert_eq!(t.policy_version, None);
+}
+
+/// An invalid upload is refused with the reason, and the version in force
+/// stays in force; only a deployer may set policy; versions are kept.
+#[tokio::test]
+async fn an_invalid_policy_upload_is_refused_and_the_old_one_stays() {
+    let mut e = env().await;
+    let (deployer, s) = policy_env(&mut e).await;
+    let viewer = e.principal(&deployer, "v", &["viewer"]).await;
+    for (text, why) in [
+        ("permit(principal, action, resource", "do not parse"),
+        (
+            r#"permit(principal, action, resource) when { context.no_such_field == 1 };"#,
+            "do not validate",
+        ),
+        (
+            r#"forbid(principal, action == Warden::Action::"invoke", resource) when { context.numbers.getTag("n") > 1 };"#,
+            "unable to guarantee safety",
+        ),
+    ] {
+        match e.w.set_policy(&deployer, text).await {
+            Err(Error::Invalid(m)) => {
+                assert!(m.contains(why), "{m}");
+                assert!(m.contains("the version in force stays"), "{m}");
+            }
+            other => panic!("{text}: expected a refusal, got {other:?}"),
+        }
+    }
+    assert!(matches!(
+        e.w.set_policy(&viewer, "").await,
+        Err(Error::Forbidden(_))
+    ));
+    let live = e.w.policy(&viewer, None).await.expect("read").expect("set");
+    assert_eq!(live.version, 1);
+    assert_eq!(live.text, POLICY);
+    // Still decided by version 1.
+    let r =
+        e.w.invoke(&s, "greeter", "greet", r#"{"name":"mallory"}"#)
+            .await
+            .expect("answered");
+    assert!(matches!(r.outcome, Outcome::Denied { ref rule, .. } if rule == "policy"));
+    // A new valid version takes effect on the very next call; an empty one
+    // turns the policy layer off; old versions stay readable.
+    let v2 =
+        e.w.set_policy(
+            &deployer,
+            r#"@id("all") permit(principal, action, resource);"#,
+        )
+        .await
+        .expect("v2");
+    assert_eq!(v2.version, 2);
+    let r =
+        e.w.invoke(&s, "greeter", "greet", r#"{"name":"mallory"}"#)
+            .await
+            .expect("answered");
+    assert_eq!(r.outcome, Outcome::Ok);
+    e.w.set_policy(&deployer, "").await.expect("v3");
+    let r =
+        e.w.invoke(&s, "kv", "delete", r#"{"key":"a"}"#)
+            .await
+            .expect("answered");
+    assert_eq!(r.outcome, Outcome::Ok, "no policy layer: the grant decides");
+    let d = decided(&e, &deployer, &r.invocation_id).await;
+    assert_eq!(d.rule.as_deref(), Some("grant"));
+    assert_eq!(
+        e.w.policy(&viewer, Some(1))
+            .await
+            .expect("v1")
+            .expect("v1")
+            .text,
+        POLICY
+    );
+    assert!(matches!(
+        e.w.policy(&viewer, Some(9)).await,
+        Err(Error::NotFound(_))
+    ));
+    let events = e.w.events(&deployer).await.expect("history");
+    assert_eq!(
+        events.iter().filter(|ev| ev.action == "policy.set").count(),
+        3
+    );
+}
+
+/// A policy whose evaluation errors (Long overflow) never allows: Cedar skips
+/// it, Warden denies and names it.
+#[tokio::test]
+async fn a_policy_that_errors_denies_the_call() {
+    let mut e = env().await;
+    let (deployer, s) = policy_env(&mut e).await;
+    e.w.set_policy(
+        &deployer,
+        r#"
+        @id("baseline") permit(principal, action, resource);
+        @id("overflows") forbid(principal, action == Warden::Action::"invoke", resource)
+        when { context.counters.minute + 9223372036854775807 > 10 };
+        "#,
+    )
+    .await
+    .expect("valid policy");
+    let greet = || e.w.invoke(&s, "greeter", "greet", r#"{"name":"ada"}"#);
+    // The first call of the minute: 0 + MAX does not overflow, the forbid
+    // applies.
+    match greet().await.expect("answered").outcome {
+        Outcome::Denied { rule, .. } => assert_eq!(rule, "policy"),
+        other => panic!("{other:?}"),
+    }
+    // The second: 1 + MAX overflows; the forbid errors and is skipped by
+    // Cedar, so the baseline alone would allow. It is denied.
+    let r = greet().await.expect("answered");
+    match &r.outcome {
+        Outcome::Denied { rule, reason } => {
+            assert_eq!(rule, "policy.error");
+            assert!(reason.contains("overflow"), "{reason}");
+        }
+        other => panic!("an erroring policy must deny: {other:?}"),
+    }
+    assert_eq!(r.fuel_used, 0);
+    let d = decided(&e, &deployer, &r.invocation_id).await;
+    assert_eq!(d.detail["policies"], serde_json::json!(["overflows"]));
+}
+
+/// Fail closed: a failing policy store (injected, and a stored policy that
+/// was tampered with), failing counters and a schema that cannot be compiled
+/// each deny with the reason, and nothing runs.
+#[tokio::test]
+async fn failures_in_the_policy_store_counters_and_schemas_deny() {
+    let mut e = env().await;
+    let (deployer, s) = policy_env(&mut e).await;
+    let put = || {
+        e.w.invoke(&s, "kv", "put", r#"{"key":"x","value":"written"}"#)
+    };
+    let faults = e.w.faults();
+    for (flag, rule, why) in [
+        (&faults.policy_store, "policy.store", "policy store failed"),
+        (&faults.counters, "guard.counters", "counters cannot count"),
+        (&faults.schema, "guard.input_schema", "cannot be compiled"),
+    ] {
+        flag.store(true, Ordering::SeqCst);
+        let r = put().await.expect("answered");
+        flag.store(false, Ordering::SeqCst);
+        match &r.outcome {
+            Outcome::Denied { rule: got, reason } => {
+                assert_eq!(got, rule);
+                assert!(reason.contains(why), "{reason}");
+            }
+            other => panic!("{rule}: expected a denial, got {other:?}"),
+        }
+        assert_eq!(r.fuel_used, 0, "{rule}: nothing ran");
+        assert!(r.imports.is_empty(), "{rule}: no import call");
+        let d = decided(&e, &deployer, &r.invocation_id).await;
+        assert_eq!(d.decision.as_deref(), Some("deny"));
+        assert_eq!(d.rule.as_deref(), Some(rule));
+    }
+    // Nothing was written by the refused calls.
+    let got =
+        e.w.invoke(&s, "kv", "get", r#"{"key":"x"}"#)
+            .await
+            .expect("answered");
+    assert!(got.outcome.is_ok(), "{:?}", got.outcome);
+    assert!(
+        !got.output.expect("output").to_string().contains("written"),
+        "a refused call wrote"
+    );
+    // Tamper with the stored policy in the database: the set no longer
+    // matches its recorded hash, and every call is denied until a valid
+    // version is set.
+    let db = e.dir.path().join("tenants").join("acme.db");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .expect("open tenant db");
+    sqlx::query("UPDATE policies SET text = 'permit(principal, action, resource);'")
+        .execute(&pool)
+        .await
+        .expect("tamper");
+    pool.close().await;
+    let r = put().await.expect("answered");
+    match &r.outcome {
+        Outcome::Denied { rule, reason } => {
+            assert_eq!(rule, "policy.store");
+            assert!(
+                reason.contains("does not match its recorded SHA-256"),
+                "{reason}"
+            );
+        }
+        other => panic!("tampered policy: expected a denial, got {other:?}"),
+    }
+    e.w.set_policy(&deployer, POLICY)
+        .await
+        .expect("a valid version");
+    assert!(put().await.expect("answered").outcome.is_ok());
 }

@@ -59,6 +59,7 @@ pub fn backends(secrets: &[(&str, &str)]) -> Backends {
                 .collect(),
         )),
         write_ahead: None,
+        policy: None,
     }
 }
 

@@ -61,6 +61,8 @@ pub struct Entry {
     /// Invocation id the entry belongs to.
     pub invocation: Option<String>,
     /// Kind-specific detail (import call, governance event, rotation).
+    /// Written with object keys sorted, whatever order the value holds.
+    #[serde(serialize_with = "sorted")]
     pub detail: serde_json::Value,
     /// Hash of the previous entry (hex).
     pub prev: String,
@@ -99,8 +101,10 @@ impl Entry {
 
     /// The canonical bytes.
     pub fn encode(&self) -> Vec<u8> {
-        // serde_json writes struct fields in declaration order and (without
-        // `preserve_order`) map keys sorted; neither can fail for this type.
+        // serde_json writes struct fields in declaration order; `detail` is
+        // written through [`Sorted`], so the bytes do not depend on whether
+        // some dependency turned on serde_json's `preserve_order`. Neither can
+        // fail for this type.
         serde_json::to_vec(self).unwrap_or_default()
     }
 
@@ -117,6 +121,45 @@ impl Entry {
         }
         Ok(e)
     }
+}
+
+/// A JSON value written with every object's keys in sorted order (the
+/// canonical form), without copying it.
+#[derive(Debug, Clone, Copy)]
+pub struct Sorted<'a>(pub &'a serde_json::Value);
+
+impl Serialize for Sorted<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq};
+        match self.0 {
+            serde_json::Value::Object(m) => {
+                let mut keys: Vec<&String> = m.keys().collect();
+                keys.sort();
+                let mut map = s.serialize_map(Some(keys.len()))?;
+                for k in keys {
+                    map.serialize_entry(k, &Sorted(&m[k.as_str()]))?;
+                }
+                map.end()
+            }
+            serde_json::Value::Array(a) => {
+                let mut seq = s.serialize_seq(Some(a.len()))?;
+                for v in a {
+                    seq.serialize_element(&Sorted(v))?;
+                }
+                seq.end()
+            }
+            other => other.serialize(s),
+        }
+    }
+}
+
+fn sorted<S: serde::Serializer>(v: &serde_json::Value, s: S) -> Result<S::Ok, S::Error> {
+    Sorted(v).serialize(s)
+}
+
+/// `value` as canonical JSON text: no whitespace, object keys sorted.
+pub fn canonical_json(value: &serde_json::Value) -> String {
+    serde_json::to_string(&Sorted(value)).unwrap_or_default()
 }
 
 /// A borrowed view of an entry that mirrors [`Entry`] field for field, for
@@ -190,7 +233,7 @@ pub(crate) fn decode_head<'a>(bytes: &'a [u8], buf: &mut Vec<u8>) -> Result<Head
     let raw = e.detail.get();
     let detail: serde_json::Value =
         serde_json::from_str(raw).map_err(|e| format!("not a valid entry: {e}"))?;
-    let canonical_detail = serde_json::to_string(&detail).map_err(|e| e.to_string())?;
+    let canonical_detail = serde_json::to_string(&Sorted(&detail)).map_err(|e| e.to_string())?;
     if *buf != bytes || canonical_detail != raw {
         return Err("not in canonical encoding".into());
     }

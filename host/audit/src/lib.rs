@@ -21,7 +21,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use ed25519_dalek::Signer as _;
 use serde::{Deserialize, Serialize};
 
-pub use entry::{Entry, GENESIS, sha256_hex};
+pub use entry::{Entry, GENESIS, Sorted, canonical_json, sha256_hex};
 pub use keys::{KeyFile, KeyPair};
 pub use merkle::{Frontier, Hash};
 pub use verify::{Bundle, Failure, Verification, verify};

@@ -92,6 +92,10 @@ namespace Warden {
 pub const MAX_POLICIES: usize = 10_000;
 /// Most bytes of policy text.
 pub const MAX_POLICY_BYTES: usize = 4 << 20;
+/// Stack a decision wants left before it starts; below it, it runs on a
+/// fresh segment of [`STACK_SEGMENT`] bytes.
+const STACK_RED_ZONE: usize = 256 * 1024;
+const STACK_SEGMENT: usize = 1024 * 1024;
 /// Most cached slices per policy set (cleared when full).
 const MAX_SLICES: usize = 16_384;
 
@@ -397,6 +401,16 @@ impl Policies {
     /// Never fails: a problem building or evaluating the request is a Deny
     /// (`policy.error`) that says what failed.
     pub fn decide(&self, facts: &CallFacts, call: Option<&ImportCall>) -> Verdict {
+        // Cedar refuses to evaluate when `stacker` reports little stack left,
+        // and on a foreign stack (a wasmtime fiber, where import calls are
+        // decided) that report is wrong. Run on a fresh segment whenever the
+        // report is low; on an ordinary thread stack this costs nothing.
+        stacker::maybe_grow(STACK_RED_ZONE, STACK_SEGMENT, || {
+            self.decide_here(facts, call)
+        })
+    }
+
+    fn decide_here(&self, facts: &CallFacts, call: Option<&ImportCall>) -> Verdict {
         match self.try_decide(facts, call) {
             Ok(v) => v,
             Err(e) => Verdict::failed(

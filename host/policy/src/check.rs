@@ -12,8 +12,8 @@ use crate::{MAX_KV_KEY_BYTES, SecretsGrant};
 /// One import call as the guard sees it. Paths are full guest paths
 /// (`/data/notes/a.txt`), already joined by the runtime from the descriptor's
 /// path and the relative path the guest passed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "op", rename_all = "kebab-case")]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum ImportCall {
     /// Open a file or directory. `write` covers write access, create and truncate.
     FsOpen {

@@ -478,7 +478,7 @@ impl Default for LogGrant {
 /// Call-rate limits and quotas of a grant. Each bound that is given must be
 /// at least 1; a missing bound is not limited by the grant (the tenant's
 /// guardrail policy may still limit it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateGrant {
     /// Most calls of one action per clock minute.

@@ -127,11 +127,13 @@ pub enum Operation {
     ReadAudit,
     /// Rotate the tenant's audit keys.
     RotateAuditKeys,
+    /// Upload a new version of the tenant's Cedar policy set.
+    SetPolicy,
 }
 
 impl Operation {
     /// Every operation.
-    pub const ALL: [Operation; 17] = [
+    pub const ALL: [Operation; 18] = [
         Operation::ReadInventory,
         Operation::PublishTool,
         Operation::DraftAgent,
@@ -149,6 +151,7 @@ impl Operation {
         Operation::DecideApproval,
         Operation::ReadAudit,
         Operation::RotateAuditKeys,
+        Operation::SetPolicy,
     ];
 
     /// The operation as the CLI names it.
@@ -171,6 +174,7 @@ impl Operation {
             Operation::DecideApproval => "approval decide",
             Operation::ReadAudit => "audit export",
             Operation::RotateAuditKeys => "audit rotate-key",
+            Operation::SetPolicy => "policy set",
         }
     }
 
@@ -191,7 +195,8 @@ impl Operation {
             | Operation::IssueCredential
             | Operation::AddPrincipal
             | Operation::ChangeSettings
-            | Operation::RotateAuditKeys => Role::Deployer,
+            | Operation::RotateAuditKeys
+            | Operation::SetPolicy => Role::Deployer,
         }
     }
 }

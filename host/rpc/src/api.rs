@@ -779,6 +779,49 @@ pub async fn audit_replay(
     Ok(Json(json!(r)))
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyRequest {
+    /// The Cedar policy text (empty: no policy layer).
+    text: String,
+}
+
+pub async fn set_policy(
+    State(state): State<AppState>,
+    Bearer(k): Bearer,
+    ApiJson(req): ApiJson<PolicyRequest>,
+) -> ApiResult<Json<Value>> {
+    let c = operator(&state, &k).await?;
+    Ok(Json(json!(state.warden.set_policy(&c, &req.text).await?)))
+}
+
+pub async fn policy(State(state): State<AppState>, Bearer(k): Bearer) -> ApiResult<Json<Value>> {
+    let c = operator(&state, &k).await?;
+    Ok(Json(
+        json!({ "policy": state.warden.policy(&c, None).await? }),
+    ))
+}
+
+pub async fn policy_version(
+    State(state): State<AppState>,
+    Bearer(k): Bearer,
+    Path(version): Path<i64>,
+) -> ApiResult<Json<Value>> {
+    let c = operator(&state, &k).await?;
+    Ok(Json(
+        json!({ "policy": state.warden.policy(&c, Some(version)).await? }),
+    ))
+}
+
+pub async fn test_policy(
+    State(state): State<AppState>,
+    Bearer(k): Bearer,
+    ApiJson(req): ApiJson<warden_service::PolicyTest>,
+) -> ApiResult<Json<Value>> {
+    let c = operator(&state, &k).await?;
+    Ok(Json(json!(state.warden.test_policy(&c, &req).await?)))
+}
+
 /// The answer for a path no route serves.
 pub async fn no_route() -> ApiError {
     ApiError::new(

@@ -192,6 +192,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/audit/export", get(api::audit_export))
         .route("/v1/audit/rotate-key", post(api::audit_rotate))
         .route("/v1/audit/replay", post(api::audit_replay))
+        .route("/v1/policy", get(api::policy).put(api::set_policy))
+        .route("/v1/policy/versions/{version}", get(api::policy_version))
+        .route("/v1/policy/test", post(api::test_policy))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .merge(publish)
         .nest_service(

@@ -88,6 +88,30 @@ pub const ROUTES: &[(&str, &str, Auth, &str)] = &[
         "Change a tenant setting, on the record (deployer)",
     ),
     (
+        "get",
+        "/v1/policy",
+        Auth::Operator,
+        "The Cedar policy set in force, or null (viewer)",
+    ),
+    (
+        "put",
+        "/v1/policy",
+        Auth::Operator,
+        "Upload a new policy version; validated against the schema, refused when invalid (deployer)",
+    ),
+    (
+        "get",
+        "/v1/policy/versions/{version}",
+        Auth::Operator,
+        "One stored policy version (viewer)",
+    ),
+    (
+        "post",
+        "/v1/policy/test",
+        Auth::Operator,
+        "Decide a hypothetical call (grant, then policy) and say why (viewer)",
+    ),
+    (
         "post",
         "/v1/tools",
         Auth::Operator,

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use warden_policy::{Capability, Decision, Grant, ImportCall, check_import};
 
 use crate::journal::{Divergence, JournalEntry, Tape, TapeHandle};
-use crate::state::WriteAhead;
+use crate::state::{ImportPolicy, WriteAhead};
 
 /// Most guarded import calls one invocation may make. A security bound: it
 /// keeps the event record of one call bounded, and a tool that needs more
@@ -92,6 +92,7 @@ pub struct Guard {
     inner: Arc<Mutex<Inner>>,
     tape: TapeHandle,
     write_ahead: Option<Arc<dyn WriteAhead>>,
+    policy: Option<Arc<dyn ImportPolicy>>,
 }
 
 impl Guard {
@@ -100,6 +101,7 @@ impl Guard {
         grant: Arc<Grant>,
         tape: TapeHandle,
         write_ahead: Option<Arc<dyn WriteAhead>>,
+        policy: Option<Arc<dyn ImportPolicy>>,
     ) -> Guard {
         Guard {
             grant,
@@ -111,6 +113,7 @@ impl Guard {
             })),
             tape,
             write_ahead,
+            policy,
         }
     }
 
@@ -383,7 +386,13 @@ impl Guard {
                 rule: "guard.max_import_calls".to_owned(),
             }
         } else {
-            self.journal_decision(seq, &call, &resource, || check_import(&self.grant, &call))
+            // The grant first, then the tenant's policy on what it allowed.
+            self.journal_decision(seq, &call, &resource, || {
+                match (check_import(&self.grant, &call), &self.policy) {
+                    (Decision::Allow, Some(p)) => p.decide(&call),
+                    (d, _) => d,
+                }
+            })
         };
         if inner.events.len() < MAX_IMPORT_CALLS {
             let event = ImportEvent {

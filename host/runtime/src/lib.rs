@@ -40,7 +40,7 @@ pub use caps::secrets::{SecretSource, StaticSecrets};
 pub use guard::ImportEvent;
 pub use journal::{Divergence, Journal};
 pub use linker::{Provider, capability_of};
-pub use state::{Backends, WriteAhead};
+pub use state::{Backends, ImportPolicy, WriteAhead};
 pub use tool::{ActionInfo, Tool, ToolInfo};
 pub use warden_policy::Effect;
 
@@ -126,6 +126,51 @@ impl std::fmt::Debug for Runtime {
     }
 }
 
+impl Tool {
+    /// Checks a call's input before anything runs: its size, that it is
+    /// JSON, and that it matches the action's input schema (compiled at
+    /// load). Returns the parsed input, or the outcome that refuses it. An
+    /// action without a compiled schema is refused (fail closed).
+    pub fn check_input(&self, action: &str, input: &str) -> Result<serde_json::Value, Outcome> {
+        if self.info.action(action).is_none() {
+            return Err(Outcome::UnknownAction {
+                action: action.to_owned(),
+            });
+        }
+        if input.len() > MAX_INPUT_BYTES {
+            return Err(Outcome::InvalidInput {
+                field: "$".into(),
+                message: format!(
+                    "input of {} bytes exceeds {MAX_INPUT_BYTES} bytes",
+                    input.len()
+                ),
+            });
+        }
+        let value: serde_json::Value =
+            serde_json::from_str(input).map_err(|e| Outcome::InvalidInput {
+                field: "$".into(),
+                message: format!("input is not JSON: {e}"),
+            })?;
+        // The host validates the input against the action's schema before
+        // anything runs; the tool's own checks come second.
+        let Some((validator, _)) = self.validators.get(action) else {
+            return Err(Outcome::Denied {
+                reason: format!(
+                    "the input schema of `{action}` is not compiled, so the input cannot be checked"
+                ),
+                rule: "guard.input_schema".into(),
+            });
+        };
+        if let Some((field, message)) = tool::schema_error(validator, &value) {
+            return Err(Outcome::InvalidInput {
+                field,
+                message: format!("does not match the input schema: {message}"),
+            });
+        }
+        Ok(value)
+    }
+}
+
 /// One call to run.
 #[derive(Debug, Clone, Copy)]
 pub struct Call<'a> {
@@ -146,6 +191,8 @@ pub enum Outcome {
     Failed { message: String },
     /// A guard or the tool refused; `rule` names what decided.
     Denied { reason: String, rule: String },
+    /// Policy holds the call for human approval; nothing ran.
+    Held { reason: String, rule: String },
     /// The tool has no such action.
     UnknownAction { action: String },
     /// Refused before running: the grant does not allow this call.
@@ -175,6 +222,7 @@ impl Outcome {
             Outcome::InvalidInput { .. } => "invalid_input",
             Outcome::Failed { .. } => "failed",
             Outcome::Denied { .. } => "denied",
+            Outcome::Held { .. } => "held",
             Outcome::UnknownAction { .. } => "unknown_action",
             Outcome::NotGranted { .. } => "not_granted",
             Outcome::OutOfFuel { .. } => "out_of_fuel",
@@ -196,6 +244,7 @@ impl Outcome {
             }
             Outcome::Failed { message } => format!("failed: {message}"),
             Outcome::Denied { reason, rule } => format!("denied: {reason} [{rule}]"),
+            Outcome::Held { reason, rule } => format!("held for approval: {reason} [{rule}]"),
             Outcome::UnknownAction { action } => format!("unknown action `{action}`"),
             Outcome::NotGranted { reason } => format!("not granted: {reason}"),
             Outcome::OutOfFuel { limit } => format!("out of fuel: used all {limit} units"),
@@ -362,6 +411,7 @@ impl Runtime {
             kv: Arc::new(MemoryKv::default()),
             secrets: Arc::new(StaticSecrets::default()),
             write_ahead: None,
+            policy: None,
         };
         // Describe takes a pool slot like any call, so a load under full
         // concurrency waits instead of failing on an exhausted pool.
@@ -501,6 +551,7 @@ impl Runtime {
             kv: Arc::new(MemoryKv::default()),
             secrets,
             write_ahead: None,
+            policy: None,
         };
         let tape = TapeHandle::replay(journal);
         report.outcome = self
@@ -551,33 +602,8 @@ impl Runtime {
                 action: call.action.to_owned(),
             };
         }
-        if call.input.len() > MAX_INPUT_BYTES {
-            return Outcome::InvalidInput {
-                field: "$".into(),
-                message: format!(
-                    "input of {} bytes exceeds {MAX_INPUT_BYTES} bytes",
-                    call.input.len()
-                ),
-            };
-        }
-        let input: serde_json::Value = match serde_json::from_str(call.input) {
-            Ok(v) => v,
-            Err(e) => {
-                return Outcome::InvalidInput {
-                    field: "$".into(),
-                    message: format!("input is not JSON: {e}"),
-                };
-            }
-        };
-        // The host validates the input against the action's schema before
-        // anything runs; the tool's own checks come second.
-        if let Some((validator, _)) = tool.validators.get(call.action)
-            && let Some((field, message)) = tool::schema_error(validator, &input)
-        {
-            return Outcome::InvalidInput {
-                field,
-                message: format!("does not match the input schema: {message}"),
-            };
+        if let Err(o) = tool.check_input(call.action, call.input) {
+            return o;
         }
         if !grant.allows_action(call.action) {
             return Outcome::NotGranted {

@@ -35,6 +35,16 @@ pub struct Backends {
     /// durable before the effect happens (the audit trail); `None` runs
     /// effects without a write-ahead record (the standalone `warden run`).
     pub write_ahead: Option<Arc<dyn WriteAhead>>,
+    /// The policy consulted for each import call the grant allows (the
+    /// tenant's Cedar policy); `None`: the grant alone decides.
+    pub policy: Option<Arc<dyn ImportPolicy>>,
+}
+
+/// The policy hook: decides an import call after the grant allowed it. It
+/// returns Allow or Deny (a Hold is a Deny until mid-call approvals exist)
+/// and must fail closed: a check that cannot be made is a Deny.
+pub trait ImportPolicy: Send + Sync + std::fmt::Debug {
+    fn decide(&self, call: &warden_policy::ImportCall) -> warden_policy::Decision;
 }
 
 /// The write-ahead hook: makes an allowed import call's decision durable.
@@ -196,7 +206,12 @@ impl CallState {
                     })?;
             }
         }
-        let guard = Guard::new(grant.clone(), tape, backends.write_ahead.clone());
+        let guard = Guard::new(
+            grant.clone(),
+            tape,
+            backends.write_ahead.clone(),
+            backends.policy.clone(),
+        );
         Ok(CallState {
             wasi: WasiParts {
                 ctx: builder.build(),

@@ -20,8 +20,10 @@ use warden_store::{Payload, TenantStore, TokenRecord};
 
 use crate::governance::parse_manifest;
 use crate::keys::{self, KeyKind};
+use crate::policies::Faults;
 use crate::secrets::TenantSecrets;
 use crate::{AgentRecord, AgentStatus, Error, MAX_TOKEN_TTL, Result, Warden};
+use warden_policy::cedar::{CallFacts, Verdict};
 
 /// Write `last_active_at` at most this often per agent: activity is a
 /// review signal measured in days, not an audit record (the audit trail has
@@ -410,6 +412,31 @@ impl Warden {
                 manifest,
             } => (grant, tool, manifest),
         };
+        // The guard pipeline, cheapest check first; the first that does not
+        // allow decides, and nothing runs. Input first: size, JSON, schema.
+        let schema_checked = if Faults::on(&self.faults.schema) {
+            Err(Outcome::Denied {
+                reason: format!(
+                    "the input schema of `{action}` cannot be compiled (injected fault), so the input cannot be checked"
+                ),
+                rule: "guard.input_schema".into(),
+            })
+        } else {
+            component.check_input(action, input)
+        };
+        let args = match schema_checked {
+            Ok(v) => v,
+            Err(outcome) => {
+                let mut e = entry("invocation.decided");
+                e.component = Some(component.hash_hex());
+                let rule = match &outcome {
+                    Outcome::Denied { rule, .. } => rule.clone(),
+                    Outcome::UnknownAction { .. } => "guard.action".into(),
+                    _ => "guard.input_schema".into(),
+                };
+                return self.refuse_call(&store, e, &rule, outcome, input).await;
+            }
+        };
         // Data classification: an action that sends data out may not run in a
         // session that has read data above its destination's tier.
         let data_session = (
@@ -446,21 +473,96 @@ impl Warden {
             session.agent_id.clone(),
             tool.to_owned(),
         );
-        let metered = grant.rate.is_some();
-        if let Some(rate) = &grant.rate {
-            let effect = component
-                .info()
-                .action(action)
-                .map_or(warden_policy::Effect::External, |a| a.effect);
-            if let Err((rule, reason)) =
-                self.counters
-                    .admit(&counter_key, action, effect, rate, self.now())
-            {
+        let effect = component
+            .info()
+            .action(action)
+            .map_or(warden_policy::Effect::External, |a| a.effect);
+        let admitted = if Faults::on(&self.faults.counters) {
+            Err((
+                "guard.counters",
+                "the counters cannot count (injected fault), so rates and quotas cannot be checked"
+                    .to_owned(),
+            ))
+        } else {
+            self.counters.admit(
+                &counter_key,
+                action,
+                effect,
+                &grant.rate.unwrap_or_default(),
+                self.now(),
+            )
+        };
+        let usage = match admitted {
+            Ok(u) => u,
+            Err((rule, reason)) => {
                 let mut e = entry("invocation.decided");
                 e.component = Some(component.hash_hex());
                 return self.deny_call(&store, e, rule, reason, input).await;
             }
-        }
+        };
+        // The tenant's Cedar policy, with everything it may look at.
+        let policy_set = match self.policies_in_force(&store, session.generation).await {
+            Ok(set) => set.filter(|s| !s.is_empty()),
+            Err(reason) => {
+                let mut e = entry("invocation.decided");
+                e.component = Some(component.hash_hex());
+                return self
+                    .deny_call(&store, e, "policy.store", reason, input)
+                    .await;
+            }
+        };
+        let mut decided_by = ("grant", serde_json::Value::Null);
+        let call_policy = match policy_set {
+            None => None,
+            Some(set) => {
+                let facts = CallFacts {
+                    tenant: session.tenant.clone(),
+                    env: self.env.clone(),
+                    agent: session.agent.clone(),
+                    tool: tool.to_owned(),
+                    version: component.info().version.clone(),
+                    action: action.to_owned(),
+                    effect,
+                    classification: reads,
+                    sends_to: declared.and_then(|a| a.sends_to),
+                    args,
+                    now: self.now(),
+                    usage,
+                    session: self.sessions.facts(&data_session),
+                };
+                let verdict = set.decide(&facts, None);
+                let detail = serde_json::json!({
+                    "policy_version": set.version(),
+                    "policies": verdict.policies(),
+                });
+                match verdict {
+                    Verdict::Allow { .. } => {
+                        decided_by = ("policy", detail);
+                        Some(Arc::new(crate::policies::CallPolicy { set, facts }))
+                    }
+                    Verdict::Deny { rule, reason, .. } => {
+                        let mut e = entry("invocation.decided");
+                        e.component = Some(component.hash_hex());
+                        e.detail = detail;
+                        return self.deny_call(&store, e, &rule, reason, input).await;
+                    }
+                    Verdict::Hold { rule, reason, .. } => {
+                        // Approvals (pending records an approver decides)
+                        // are not built yet: the hold is recorded and
+                        // answered, and nothing runs.
+                        let mut e = entry("invocation.decided");
+                        e.component = Some(component.hash_hex());
+                        e.detail = detail;
+                        e.decision = Some("hold".into());
+                        let outcome = Outcome::Held {
+                            reason: reason.clone(),
+                            rule: rule.clone(),
+                        };
+                        return self.refuse_call(&store, e, &rule, outcome, input).await;
+                    }
+                }
+            }
+        };
         // Write-ahead: when the grant gives the call any capability (a way to
         // act outside the sandbox), its decision is durable before anything
         // runs. A call with no capability has no effect to hold back: its
@@ -469,12 +571,17 @@ impl Warden {
         let effects = !grant.capabilities().is_empty();
         let mut decided = entry("invocation.decided");
         decided.decision = Some("allow".into());
-        decided.rule = Some("grant".into());
+        decided.rule = Some(decided_by.0.into());
         decided.component = Some(component.hash_hex());
         decided.detail = serde_json::json!({
             "capabilities": grant.capabilities().iter().map(ToString::to_string).collect::<Vec<_>>(),
             "version": component.info().version,
         });
+        if let (serde_json::Value::Object(d), serde_json::Value::Object(p)) =
+            (&mut decided.detail, decided_by.1)
+        {
+            d.extend(p);
+        }
         let decided_rx = self
             .audit
             .enqueue(&store, decided, Some(Payload::input(input)))
@@ -492,18 +599,22 @@ impl Warden {
                 dir: self.data_dir.join("secrets").join(&session.tenant),
             }),
             write_ahead: Some(self.audit.write_ahead(&store, template)),
+            policy: call_policy.map(|p| p as Arc<dyn warden_runtime::ImportPolicy>),
         };
         let mut report = self
             .runtime
             .invoke(&component, grant, &backends, Call { action, input })
             .await;
         if report.outcome.is_ok() {
-            self.sessions.read(&data_session, reads, self.now());
+            self.sessions.read(
+                &data_session,
+                &format!("{tool}/{action}"),
+                reads,
+                self.now(),
+            );
         }
-        if metered {
-            self.counters
-                .burned(&counter_key, report.fuel_used, self.now());
-        }
+        self.counters
+            .burned(&counter_key, report.fuel_used, self.now());
         // The answer goes out only once its completion entry is durable.
         let mut finished = entry("invocation.finished");
         finished.component = Some(report.component_sha256.clone());
@@ -552,16 +663,40 @@ impl Warden {
     async fn deny_call(
         &self,
         store: &TenantStore,
-        mut decided: Entry,
+        decided: Entry,
         rule: &str,
         reason: String,
         input: &str,
     ) -> Result<Report> {
-        tracing::info!(%reason, rule, "call refused by a guardrail");
-        decided.decision = Some("deny".into());
+        let outcome = Outcome::Denied {
+            reason,
+            rule: rule.into(),
+        };
+        self.refuse_call(store, decided, rule, outcome, input).await
+    }
+
+    /// Records a call the guard pipeline stopped before it ran (decision
+    /// `deny` unless `decided` already says, e.g. `hold`) and answers with
+    /// `outcome`.
+    async fn refuse_call(
+        &self,
+        store: &TenantStore,
+        mut decided: Entry,
+        rule: &str,
+        outcome: Outcome,
+        input: &str,
+    ) -> Result<Report> {
+        let reason = match &outcome {
+            Outcome::Denied { reason, .. } | Outcome::Held { reason, .. } => reason.clone(),
+            other => other.reason(),
+        };
+        tracing::info!(%reason, rule, "call stopped by a guardrail");
+        if decided.decision.is_none() {
+            decided.decision = Some("deny".into());
+        }
         decided.rule = Some(rule.into());
         if let serde_json::Value::Object(m) = &mut decided.detail {
-            m.insert("reason".into(), reason.clone().into());
+            m.insert("reason".into(), reason.into());
         } else {
             decided.detail = serde_json::json!({ "reason": reason });
         }
@@ -573,10 +708,7 @@ impl Warden {
             decided.action.as_deref().unwrap_or_default(),
             String::new(),
         );
-        r.outcome = Outcome::Denied {
-            reason,
-            rule: rule.into(),
-        };
+        r.outcome = outcome;
         r.invocation_id = decided.invocation.unwrap_or_default();
         Ok(r)
     }

@@ -3,6 +3,9 @@
 //! destructive or external effect per UTC day, per agent × tool) and the
 //! daily fuel budget (per agent × tool), from the grant's `[rate]`.
 //!
+//! Every call is counted, metered or not: policies see the counts
+//! (`context.counters`), and the grant's `[rate]` bounds them.
+//!
 //! Windows are fixed (the bucket is `now / window`), so a window's count
 //! resets exactly at its boundary. A call is counted when it is admitted,
 //! before it runs, so concurrent calls cannot overshoot a bound; fuel is added
@@ -12,6 +15,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use warden_policy::cedar::Usage;
 use warden_policy::{Effect, RateGrant};
 
 const MINUTE: i64 = 60;
@@ -63,7 +67,8 @@ pub(crate) type Refusal = (&'static str, String);
 
 impl Counters {
     /// Admits one call of `action` (with `effect`) under `rate` at `now`
-    /// (seconds), counting it; or refuses it, counting nothing.
+    /// (seconds), counting it, and returns the counts before it; or refuses
+    /// it, counting nothing.
     pub fn admit(
         &self,
         key: &Key,
@@ -71,10 +76,20 @@ impl Counters {
         effect: Effect,
         rate: &RateGrant,
         now: i64,
-    ) -> Result<(), Refusal> {
+    ) -> Result<Usage, Refusal> {
         let mut usage = self.usage.lock().unwrap_or_else(|p| p.into_inner());
         let tool = usage.entry(key.clone()).or_default();
         let writes = !matches!(effect, Effect::Read);
+        let before = {
+            let a = tool.actions.entry(action.to_owned()).or_default();
+            Usage {
+                minute: *a.minute.current(now, MINUTE),
+                hour: *a.hour.current(now, HOUR),
+                day: *a.day.current(now, DAY),
+                writes_today: *tool.writes.current(now, DAY),
+                fuel_today: *tool.fuel.current(now, DAY),
+            }
+        };
         if let Some(budget) = rate.fuel_per_day {
             let used = *tool.fuel.current(now, DAY);
             if used >= budget {
@@ -125,7 +140,7 @@ impl Counters {
         if writes {
             *tool.writes.current(now, DAY) += 1;
         }
-        Ok(())
+        Ok(before)
     }
 
     /// Adds the fuel a finished call burned.

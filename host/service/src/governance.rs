@@ -132,7 +132,7 @@ impl Warden {
         }
     }
 
-    async fn tenant_of(&self, p: &Principal) -> Result<TenantStore> {
+    pub(crate) async fn tenant_of(&self, p: &Principal) -> Result<TenantStore> {
         Ok(self.store.tenant(&p.tenant).await?)
     }
 

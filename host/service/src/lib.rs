@@ -21,6 +21,7 @@ mod calls;
 mod counters;
 mod governance;
 mod keys;
+mod policies;
 mod secrets;
 mod sessions;
 
@@ -37,10 +38,12 @@ pub use audit::{AuditLog, ConsistencyProof, InclusionProof, ReplayResult};
 pub use calls::{AccessToken, AgentSession, GrantedAction};
 pub use governance::{AgentSummary, Inventory, Settings, ToolSummary};
 pub use keys::KeyKind;
+pub use policies::{Faults, PolicyExplanation, PolicyTest};
 pub use warden_audit::{Bundle, Record as AuditRecord};
+pub use warden_policy::cedar::{CallFacts, Usage, Verdict};
 pub use warden_store::{
-    AgentRecord, AgentStatus, DeploymentRecord, EventRecord, GrantRecord, PrincipalRecord,
-    ToolVersionRecord,
+    AgentRecord, AgentStatus, DeploymentRecord, EventRecord, GrantRecord, PolicyRecord,
+    PrincipalRecord, ToolVersionRecord,
 };
 
 /// Why an operation was refused or failed.
@@ -107,6 +110,9 @@ pub struct Config {
     pub token_ttl: Duration,
     /// The time source.
     pub clock: Clock,
+    /// The environment label policies see as `context.env` (`production`
+    /// unless set).
+    pub env: String,
 }
 
 impl std::fmt::Debug for Config {
@@ -116,6 +122,7 @@ impl std::fmt::Debug for Config {
             .field("cache_dir", &self.cache_dir)
             .field("max_concurrent", &self.max_concurrent)
             .field("token_ttl", &self.token_ttl)
+            .field("env", &self.env)
             .finish_non_exhaustive()
     }
 }
@@ -129,6 +136,7 @@ impl Config {
             max_concurrent: 64,
             token_ttl: DEFAULT_TOKEN_TTL,
             clock: system_clock(),
+            env: "production".into(),
         }
     }
 }
@@ -196,6 +204,12 @@ pub struct Warden {
     counters: counters::Counters,
     /// Data classification per agent session.
     sessions: sessions::Sessions,
+    /// Compiled policy sets per tenant.
+    policy_cache: policies::PolicyCache,
+    /// Injectable failures (tests).
+    faults: policies::Faults,
+    /// The environment label policies see (`context.env`).
+    env: String,
 }
 
 impl std::fmt::Debug for Warden {
@@ -245,6 +259,9 @@ impl Warden {
                 audit: audit_log,
                 counters: counters::Counters::default(),
                 sessions: sessions::Sessions::default(),
+                policy_cache: policies::PolicyCache::default(),
+                faults: policies::Faults::default(),
+                env: config.env,
             },
             bootstrap_key,
         })

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use warden_policy::Classification;
+use warden_policy::cedar::SessionFacts;
 
 /// Sessions idle this long are forgotten.
 const IDLE_SECS: i64 = 86_400;
@@ -22,9 +23,20 @@ const SWEEP_AT: usize = 10_000;
 /// (tenant, agent id, session id).
 pub(crate) type Key = (String, String, String);
 
+/// Most distinct `tool/action` names remembered per session.
+const MAX_TOOLS: usize = 64;
+
+#[derive(Debug, Clone)]
+struct Session {
+    tier: Option<Classification>,
+    seen: i64,
+    calls: u64,
+    tools: Vec<String>,
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Sessions {
-    tiers: Mutex<HashMap<Key, (Classification, i64)>>,
+    sessions: Mutex<HashMap<Key, Session>>,
 }
 
 impl Sessions {
@@ -32,21 +44,48 @@ impl Sessions {
     pub fn tier(&self, key: &Key) -> Classification {
         self.lock()
             .get(key)
-            .map_or(Classification::Public, |(c, _)| *c)
+            .and_then(|s| s.tier)
+            .unwrap_or(Classification::Public)
     }
 
-    /// Raises the session's tier after it read data of `read`.
-    pub fn read(&self, key: &Key, read: Classification, now: i64) {
-        let mut tiers = self.lock();
-        if tiers.len() >= SWEEP_AT {
-            tiers.retain(|_, (_, seen)| now - *seen < IDLE_SECS);
+    /// What the session did so far, for policies (`context.session`).
+    pub fn facts(&self, key: &Key) -> SessionFacts {
+        match self.lock().get(key) {
+            Some(s) => SessionFacts {
+                id: key.2.clone(),
+                tier: s.tier,
+                calls: s.calls,
+                tools: s.tools.clone(),
+            },
+            None => SessionFacts {
+                id: key.2.clone(),
+                ..SessionFacts::default()
+            },
         }
-        let e = tiers.entry(key.clone()).or_insert((read, now));
-        e.0 = e.0.max(read);
-        e.1 = now;
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, (Classification, i64)>> {
-        self.tiers.lock().unwrap_or_else(|p| p.into_inner())
+    /// Records a successful call of `tool/action` that read data of `read`,
+    /// raising the session's tier.
+    pub fn read(&self, key: &Key, tool_action: &str, read: Classification, now: i64) {
+        let mut sessions = self.lock();
+        if sessions.len() >= SWEEP_AT {
+            sessions.retain(|_, s| now - s.seen < IDLE_SECS);
+        }
+        let s = sessions.entry(key.clone()).or_insert(Session {
+            tier: None,
+            seen: now,
+            calls: 0,
+            tools: Vec::new(),
+        });
+        s.tier = Some(s.tier.map_or(read, |t| t.max(read)));
+        s.seen = now;
+        s.calls += 1;
+        if s.tools.len() < MAX_TOOLS && !s.tools.iter().any(|t| t == tool_action) {
+            s.tools.push(tool_action.to_owned());
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Session>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -31,8 +31,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 
 pub use audit::{AuditBatch, AuditRow, Payload};
 pub use records::{
-    AgentRecord, AgentStatus, DeploymentRecord, EventRecord, GrantRecord, PrincipalRecord,
-    TokenRecord, ToolVersionRecord,
+    AgentRecord, AgentStatus, DeploymentRecord, EventRecord, GrantRecord, PolicyRecord,
+    PrincipalRecord, TokenRecord, ToolVersionRecord,
 };
 pub use tenant::{NewAgent, NewGrant, NewPrincipal, NewToolVersion, TenantStore};
 

@@ -130,3 +130,14 @@ pub struct EventRecord {
     pub subject: String,
     pub detail: serde_json::Value,
 }
+
+/// One stored version of a tenant's policy set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyRecord {
+    pub version: i64,
+    /// The Cedar text as uploaded (empty: no policy layer).
+    pub text: String,
+    pub sha256: String,
+    pub created_by: String,
+    pub created_at: i64,
+}

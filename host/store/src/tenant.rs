@@ -10,8 +10,8 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, Sqlite, SqlitePool, Transaction};
 
 use crate::records::{
-    AgentRecord, AgentStatus, DeploymentRecord, EventRecord, GrantRecord, PrincipalRecord,
-    TokenRecord, ToolVersionRecord,
+    AgentRecord, AgentStatus, DeploymentRecord, EventRecord, GrantRecord, PolicyRecord,
+    PrincipalRecord, TokenRecord, ToolVersionRecord,
 };
 use crate::{Error, Result};
 
@@ -966,5 +966,64 @@ impl TenantStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(grant).collect()
+    }
+
+    // ---- policy ------------------------------------------------------------
+
+    /// Stores a new version of the policy set (already validated by the
+    /// caller) and records who set it; returns the new version.
+    pub async fn add_policy(&self, text: &str, sha256: &str, actor: &str, now: i64) -> Result<i64> {
+        let mut tx = self.write().await?;
+        let version: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) + 1 FROM policies")
+            .fetch_one(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO policies (version, text, sha256, created_by, created_at) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(version)
+        .bind(text)
+        .bind(sha256)
+        .bind(actor)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        event(
+            &mut tx,
+            now,
+            actor,
+            "policy.set",
+            &format!("v{version}"),
+            serde_json::json!({ "version": version, "sha256": sha256 }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(version)
+    }
+
+    /// A stored policy version; `None` asks for the one in force. `Ok(None)`:
+    /// the tenant never set a policy.
+    pub async fn policy(&self, version: Option<i64>) -> Result<Option<PolicyRecord>> {
+        let q = match version {
+            Some(_) => {
+                "SELECT version, text, sha256, created_by, created_at FROM policies WHERE version = ?"
+            }
+            None => {
+                "SELECT version, text, sha256, created_by, created_at FROM policies ORDER BY version DESC LIMIT 1"
+            }
+        };
+        let mut query = sqlx::query(q);
+        if let Some(v) = version {
+            query = query.bind(v);
+        }
+        let Some(r) = query.fetch_optional(&self.pool).await? else {
+            return Ok(None);
+        };
+        Ok(Some(PolicyRecord {
+            version: r.try_get("version")?,
+            text: r.try_get("text")?,
+            sha256: r.try_get("sha256")?,
+            created_by: r.try_get("created_by")?,
+            created_at: r.try_get("created_at")?,
+        }))
     }
 }

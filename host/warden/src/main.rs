@@ -116,6 +116,9 @@ enum Command {
     /// Agent credentials.
     #[command(subcommand)]
     Credential(ops::CredentialCmd),
+    /// The tenant's Cedar policy: set (validated, versioned), show, test.
+    #[command(subcommand)]
+    Policy(ops::PolicyCmd),
     /// Agents, owners, status, renewal dates, idle flags and grants.
     Inventory,
     /// The tenant's governance history.
@@ -245,6 +248,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Credential(c) => ops::credential(common, c).await,
         Command::Inventory => ops::inventory(common).await,
         Command::History => ops::history(common).await,
+        Command::Policy(c) => ops::policy(common, c).await,
         Command::Audit(c) => ops::audit(common, c).await,
         Command::Token {
             credential,
@@ -445,6 +449,7 @@ async fn run_action(
         kv: kv.clone(),
         secrets: Arc::new(EnvSecrets),
         write_ahead: None,
+        policy: None,
     };
     let report = runtime
         .invoke(

@@ -648,6 +648,53 @@ impl Operator {
         }
     }
 
+    pub async fn set_policy(&self, text: &str) -> Result<warden_service::PolicyRecord, Error> {
+        match self {
+            Operator::Local { warden, caller } => warden.set_policy(caller, text).await,
+            Operator::Remote(r) => {
+                r.send(
+                    reqwest::Method::PUT,
+                    r.url(&["policy"]),
+                    Some(json!({ "text": text })),
+                    true,
+                )
+                .await
+            }
+        }
+    }
+
+    pub async fn policy(
+        &self,
+        version: Option<i64>,
+    ) -> Result<Option<warden_service::PolicyRecord>, Error> {
+        match self {
+            Operator::Local { warden, caller } => warden.policy(caller, version).await,
+            Operator::Remote(r) => {
+                let v: Value = match version {
+                    Some(v) => r.get(&["policy", "versions", &v.to_string()]).await?,
+                    None => r.get(&["policy"]).await?,
+                };
+                field(v, "policy")
+            }
+        }
+    }
+
+    pub async fn test_policy(
+        &self,
+        test: &warden_service::PolicyTest,
+    ) -> Result<warden_service::PolicyExplanation, Error> {
+        match self {
+            Operator::Local { warden, caller } => warden.test_policy(caller, test).await,
+            Operator::Remote(r) => {
+                r.post(
+                    &["policy", "test"],
+                    serde_json::to_value(test).map_err(|e| Error::Internal(e.to_string()))?,
+                )
+                .await
+            }
+        }
+    }
+
     pub async fn audit_rotate(&self, reason: &str) -> Result<u64, Error> {
         match self {
             Operator::Local { warden, caller } => warden.audit_rotate(caller, reason).await,

@@ -234,6 +234,51 @@ pub enum AuditCmd {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum PolicyCmd {
+    /// Upload a new version of the tenant's Cedar policy set (deployer). It
+    /// is validated against Warden's schema first; an invalid set is refused
+    /// and the version in force stays. An empty file turns the policy layer
+    /// off (grants alone decide).
+    Set {
+        /// The Cedar policy file.
+        file: PathBuf,
+    },
+    /// Print the policy set in force, or an older version.
+    Show {
+        #[arg(long)]
+        version: Option<i64>,
+    },
+    /// Decide a hypothetical call (grant, then policy) and say why.
+    Test {
+        #[arg(long)]
+        agent: String,
+        #[arg(long)]
+        tool: String,
+        #[arg(long)]
+        action: String,
+        /// The call's arguments as JSON.
+        #[arg(long)]
+        args: Option<String>,
+        /// Decide this import call instead, as JSON (e.g.
+        /// `{"op":"http-request","scheme":"https","host":"api.example.com","port":443,"method":"GET","path":"/"}`).
+        #[arg(long)]
+        import: Option<String>,
+        /// The data session's tier so far: public, internal, confidential, restricted.
+        #[arg(long)]
+        session_tier: Option<String>,
+        /// Counters before the call, as JSON (`{"minute":3,"writes_today":10}`).
+        #[arg(long)]
+        usage: Option<String>,
+        /// The time, Unix seconds (default now).
+        #[arg(long)]
+        now: Option<i64>,
+        /// Test this candidate policy file instead of the set in force.
+        #[arg(long)]
+        policy: Option<PathBuf>,
+    },
+}
+
 /// Exit codes of the data-directory commands (README, "Exit codes").
 mod exit {
     pub const FAILED: u8 = 1;
@@ -259,6 +304,9 @@ pub(crate) async fn open(common: &Common) -> anyhow::Result<warden_service::Open
     };
     let mut config = Config::new(dir.clone());
     config.cache_dir = crate::cache_dir();
+    if let Some(env) = std::env::var("WARDEN_ENV").ok().filter(|e| !e.is_empty()) {
+        config.env = env;
+    }
     warden_service::Warden::open(config)
         .await
         .with_context(|| format!("opening data directory `{}`", dir.display()))
@@ -535,6 +583,114 @@ pub async fn principal(common: &Common, cmd: PrincipalCmd) -> anyhow::Result<Exi
             }
             Err(e) => Err(e),
         },
+    })
+}
+
+/// Parses a JSON flag, naming it when it does not parse.
+fn json_flag<T: serde::de::DeserializeOwned>(
+    flag: &str,
+    value: Option<&str>,
+) -> anyhow::Result<Option<T>> {
+    value
+        .map(|v| serde_json::from_str(v).with_context(|| format!("--{flag} is not valid here")))
+        .transpose()
+}
+
+pub async fn policy(common: &Common, cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
+    let json = common.json;
+    let text = |p: &Path| -> anyhow::Result<String> {
+        String::from_utf8(read(p, "policy file")?)
+            .with_context(|| format!("policy file `{}` is not UTF-8", p.display()))
+    };
+    let upload = match &cmd {
+        PolicyCmd::Set { file } => Some(text(file)?),
+        _ => None,
+    };
+    let test = match &cmd {
+        PolicyCmd::Test {
+            agent,
+            tool,
+            action,
+            args,
+            import,
+            session_tier,
+            usage,
+            now,
+            policy,
+        } => Some(warden_service::PolicyTest {
+            agent: agent.clone(),
+            tool: tool.clone(),
+            action: action.clone(),
+            args: json_flag("args", args.as_deref())?,
+            import: json_flag("import", import.as_deref())?,
+            session_tier: session_tier
+                .as_deref()
+                .map(|t| serde_json::from_value(serde_json::Value::String(t.to_owned())))
+                .transpose()
+                .context("--session-tier must be public, internal, confidential or restricted")?,
+            usage: json_flag("usage", usage.as_deref())?,
+            now: *now,
+            policy: policy.as_deref().map(text).transpose()?,
+        }),
+        _ => None,
+    };
+    with_operator!(common, |op| match (&cmd, &upload, &test) {
+        (PolicyCmd::Set { .. }, Some(text), _) => match op.set_policy(text).await {
+            Ok(r) if json => print_json(&r),
+            Ok(r) => {
+                println!(
+                    "policy version {} in force (sha256 {}){}",
+                    r.version,
+                    r.sha256,
+                    if r.text.trim().is_empty() {
+                        "; it is empty, so grants alone decide"
+                    } else {
+                        ""
+                    }
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => Err(e),
+        },
+        (PolicyCmd::Show { version }, _, _) => match op.policy(*version).await {
+            Ok(r) if json => print_json(&r),
+            Ok(None) => {
+                println!("no policy set: grants alone decide");
+                Ok(ExitCode::SUCCESS)
+            }
+            Ok(Some(r)) => {
+                println!(
+                    "// policy version {} set by {} at {} (sha256 {})",
+                    r.version,
+                    r.created_by,
+                    date(r.created_at),
+                    r.sha256
+                );
+                print!("{}", r.text);
+                if !r.text.ends_with('\n') {
+                    println!();
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => Err(e),
+        },
+        (PolicyCmd::Test { .. }, _, Some(t)) => match op.test_policy(t).await {
+            Ok(e) if json => print_json(&e),
+            Ok(e) => {
+                println!("{}: {} [{}]", e.decision.to_uppercase(), e.reason, e.rule);
+                if !e.policies.is_empty() {
+                    println!("policies: {}", e.policies.join(", "));
+                }
+                match e.policy_version {
+                    Some(v) => println!("policy version: {v}"),
+                    None if t.policy.is_some() => println!("policy: the candidate file"),
+                    None => {}
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => Err(e),
+        },
+        _ => Err(Error::Internal("unreachable policy command".into())),
     })
 }
 
