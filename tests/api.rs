@@ -797,3 +797,101 @@ async fn one_correlation_id_runs_from_the_request_through_the_imports() {
         imports.join("\n")
     );
 }
+
+/// The policy over HTTP: an invalid upload is a 400 that keeps the version in
+/// force, a builder may not set policy, `policy/test` explains, and a held
+/// call is answered with outcome `held` (nothing ran).
+#[tokio::test]
+async fn policies_are_set_shown_and_tested_over_http() {
+    let a = api().await;
+    let d = a.deployer.clone();
+    let (s, v) = call(&a, Method::GET, "/v1/policy", Some(&d), None).await;
+    assert_eq!((s, &v["policy"]), (StatusCode::OK, &Value::Null), "{v}");
+    let policy = r#"
+        @id("baseline") permit(principal, action, resource);
+        @id("long-texts-need-approval")
+        @reason("long texts need a human")
+        forbid(principal, action == Warden::Action::"invoke_unattended", resource in Warden::Tool::"text")
+        when { context.args.hasTag("text") && context.args.getTag("text") like "*long*" };
+    "#;
+    let (s, v) = call(
+        &a,
+        Method::PUT,
+        "/v1/policy",
+        Some(&d),
+        Some(json!({ "text": policy })),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["version"], 1);
+    let (s, v) = call(
+        &a,
+        Method::PUT,
+        "/v1/policy",
+        Some(&d),
+        Some(json!({ "text": "permit(principal, action, resource) when { context.nope };" })),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("the version in force stays")),
+        "{v}"
+    );
+    let b = a.builder.clone();
+    let (s, _) = call(
+        &a,
+        Method::PUT,
+        "/v1/policy",
+        Some(&b),
+        Some(json!({ "text": "" })),
+    )
+    .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, v) = call(&a, Method::GET, "/v1/policy/versions/1", Some(&d), None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["policy"]["version"], 1);
+    let (s, v) = call(
+        &a,
+        Method::POST,
+        "/v1/policy/test",
+        Some(&d),
+        Some(json!({"agent": "bot", "tool": "text", "action": "word_count", "args": {"text": "a long one"}})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["decision"], "hold", "{v}");
+    assert_eq!(v["policies"], json!(["long-texts-need-approval"]));
+    let t = a.token.clone();
+    let (s, v) = call(
+        &a,
+        Method::POST,
+        "/v1/invoke",
+        Some(&t),
+        Some(json!({"tool": "text", "action": "word_count", "input": {"text": "a long one"}})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["outcome"], "held", "{v}");
+    assert!(
+        v["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("long texts need a human")),
+        "{v}"
+    );
+    assert_eq!(v["fuel_used"], 0);
+    let (s, v) = call(
+        &a,
+        Method::POST,
+        "/v1/invoke",
+        Some(&t),
+        Some(json!({"tool": "text", "action": "word_count", "input": {"text": "short"}})),
+    )
+    .await;
+    assert_eq!(
+        (s, v["outcome"].as_str()),
+        (StatusCode::OK, Some("ok")),
+        "{v}"
+    );
+}

@@ -127,6 +127,16 @@ impl Kind {
     }
 }
 
+/// Warden's Cedar actions; a policy's action scope is a bit set over them.
+const ACTIONS: [&str; 4] = ["invoke", "invoke_unattended", "import", "import_unattended"];
+
+fn action_bit(name: &str) -> u8 {
+    ACTIONS
+        .iter()
+        .position(|a| *a == name)
+        .map_or(0, |i| 1 << i)
+}
+
 /// Counts of this agent × tool (× action, for the rates) before this call.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
@@ -223,7 +233,8 @@ struct Scoped {
     policy: Policy,
     agent: Option<String>,
     tool: Option<String>,
-    kind: Option<Kind>,
+    /// The actions (bits over [`ACTIONS`]) the action scope can match.
+    actions: u8,
 }
 
 /// A compiled, validated policy set of one version.
@@ -233,7 +244,7 @@ pub struct Policies {
     scoped: Vec<Scoped>,
     /// `@reason` annotations by policy id.
     reasons: HashMap<String, String>,
-    slices: Mutex<HashMap<(String, String, Kind), Arc<PolicySet>>>,
+    slices: Mutex<HashMap<(String, String, u8), Arc<PolicySet>>>,
     authorizer: Authorizer,
 }
 
@@ -343,7 +354,7 @@ impl Policies {
             .map(|p| Scoped {
                 agent: agent_scope(types, p),
                 tool: tool_scope(types, p),
-                kind: kind_scope(types, p),
+                actions: action_scope(types, p),
                 policy: p.clone(),
             })
             .collect();
@@ -371,9 +382,11 @@ impl Policies {
         self.scoped.is_empty()
     }
 
-    /// The policies that can apply to `agent` calling `tool` with `kind`.
-    fn slice(&self, agent: &str, tool: &str, kind: Kind) -> Result<Arc<PolicySet>, String> {
-        let key = (agent.to_owned(), tool.to_owned(), kind);
+    /// The policies that can apply to `agent` calling `tool` with the Cedar
+    /// action `action`.
+    fn slice(&self, agent: &str, tool: &str, action: &str) -> Result<Arc<PolicySet>, String> {
+        let bit = action_bit(action);
+        let key = (agent.to_owned(), tool.to_owned(), bit);
         let mut slices = self.slices.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(s) = slices.get(&key) {
             return Ok(s.clone());
@@ -384,7 +397,7 @@ impl Policies {
                 .filter(|s| {
                     s.agent.as_deref().is_none_or(|a| a == agent)
                         && s.tool.as_deref().is_none_or(|t| t == tool)
-                        && s.kind.is_none_or(|k| k == kind)
+                        && s.actions & bit != 0
                 })
                 .map(|s| s.policy.clone()),
         )
@@ -427,7 +440,6 @@ impl Policies {
         } else {
             Kind::Invoke
         };
-        let slice = self.slice(&facts.agent, &facts.tool, kind)?;
         let (list, principal, resource) = entity_list(types, facts, call)?;
         let entities = Entities::from_entities(list, None).map_err(|e| e.to_string())?;
         let context = context(types, facts, call)?;
@@ -441,6 +453,7 @@ impl Policies {
                 None,
             )
             .map_err(|e| format!("building the request: {e}"))?;
+            let slice = self.slice(&facts.agent, &facts.tool, action)?;
             Ok(self.authorizer.is_authorized(&request, &slice, &entities))
         };
         let first = ask(attended)?;
@@ -593,27 +606,19 @@ fn tool_scope(t: &Types, p: &Policy) -> Option<String> {
     }
 }
 
-fn kind_scope(t: &Types, p: &Policy) -> Option<Kind> {
-    let kind_of = |u: &EntityUid| -> Option<Kind> {
-        if u.type_name() != &t.action {
-            return None;
-        }
-        match u.id().unescaped() {
-            "invoke" | "invoke_unattended" => Some(Kind::Invoke),
-            "import" | "import_unattended" => Some(Kind::Import),
-            _ => None,
+fn action_scope(t: &Types, p: &Policy) -> u8 {
+    // Warden's actions have no groups: `action in [a, b]` matches a and b.
+    let bit = |u: &EntityUid| {
+        if u.type_name() == &t.action {
+            action_bit(u.id().unescaped())
+        } else {
+            0
         }
     };
     match p.action_constraint() {
-        ActionConstraint::Any => None,
-        ActionConstraint::Eq(u) => kind_of(&u),
-        ActionConstraint::In(us) => {
-            let kinds: Vec<Option<Kind>> = us.iter().map(kind_of).collect();
-            match kinds.first() {
-                Some(Some(k)) if kinds.iter().all(|x| *x == Some(*k)) => Some(*k),
-                _ => None,
-            }
-        }
+        ActionConstraint::Any => u8::MAX,
+        ActionConstraint::Eq(u) => bit(&u),
+        ActionConstraint::In(us) => us.iter().map(bit).fold(0, |a, b| a | b),
     }
 }
 
@@ -1199,18 +1204,26 @@ mod tests {
         }
         let p = Policies::compile(&text, 1).expect("valid");
         assert_eq!(p.len(), 201);
-        let slice = p.slice("agent-5", "tool-5", Kind::Invoke).expect("slice");
+        let slice = p.slice("agent-5", "tool-5", "invoke").expect("slice");
         let ids: Vec<String> = slice.policies().map(|p| p.id().to_string()).collect();
         assert_eq!(ids.len(), 2, "{ids:?}");
         assert_eq!(
-            p.slice("agent-5", "tool-6", Kind::Invoke)
+            p.slice("agent-5", "tool-6", "invoke")
                 .expect("slice")
                 .policies()
                 .count(),
             1
         );
         assert_eq!(
-            p.slice("agent-5", "tool-5", Kind::Import)
+            p.slice("agent-5", "tool-5", "import")
+                .expect("slice")
+                .policies()
+                .count(),
+            1
+        );
+        // The forbids name `invoke`: the unattended slice has the baseline only.
+        assert_eq!(
+            p.slice("agent-5", "tool-5", "invoke_unattended")
                 .expect("slice")
                 .policies()
                 .count(),

@@ -375,6 +375,80 @@ fn walk(admin: &str, run: &dyn Fn(Option<&str>, &[&str]) -> Output) {
     );
     assert_eq!(denied.status.code(), Some(3));
 
+    // Alice sets a Cedar policy; an invalid one is refused (exit 2) and the
+    // first stays in force; `policy test` explains; the call is denied.
+    let pdir = tempfile::tempdir().expect("tempdir");
+    let good = pdir.path().join("policy.cedar");
+    std::fs::write(
+        &good,
+        r#"@id("baseline") permit(principal, action, resource);
+@id("no-fires") @reason("fires go to the fire brigade")
+forbid(principal, action == Warden::Action::"invoke", resource == Warden::ToolAction::"tickets/open_ticket")
+when { context.args.hasTag("subject") && context.args.getTag("subject") like "*fire*" };
+"#,
+    )
+    .expect("write policy");
+    let bad = pdir.path().join("bad.cedar");
+    std::fs::write(
+        &bad,
+        "permit(principal, action, resource) when { context.x };",
+    )
+    .expect("write policy");
+    let good = good.to_str().expect("utf-8");
+    let set = stdout(&run(Some(&alice), &["policy", "set", good]));
+    assert!(set.contains("policy version 1 in force"), "{set}");
+    let refused = run(
+        Some(&alice),
+        &["policy", "set", bad.to_str().expect("utf-8")],
+    );
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("do not validate"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert!(
+        stdout(&run(Some(&alice), &["policy", "show"]))
+            .contains("policy version 1 set by principal:alice")
+    );
+    let explained = stdout(&run(
+        Some(&alice),
+        &[
+            "policy",
+            "test",
+            "--agent",
+            "support-bot",
+            "--tool",
+            "tickets",
+            "--action",
+            "open_ticket",
+            "--args",
+            r#"{"subject":"printer on fire","body":"help"}"#,
+        ],
+    ));
+    assert!(
+        explained.starts_with("DENY:") && explained.contains("fires go to the fire brigade"),
+        "{explained}"
+    );
+    let fire = run(
+        None,
+        &[
+            "call",
+            "tickets",
+            "open_ticket",
+            "--input",
+            r#"{"subject":"printer on fire again","body":"help"}"#,
+            "--token",
+            &token,
+        ],
+    );
+    assert_eq!(fire.status.code(), Some(3));
+    assert!(
+        String::from_utf8_lossy(&fire.stderr).contains("no-fires")
+            || String::from_utf8_lossy(&fire.stdout).contains("no-fires"),
+        "{fire:?}"
+    );
+
     // Alice (viewer too) reads the inventory and grants; Bob cannot.
     let inv = stdout(&run(Some(&alice), &["inventory"]));
     assert!(
