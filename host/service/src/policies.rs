@@ -166,6 +166,12 @@ impl Warden {
                 let set = Policies::compile(&r.text, r.version).map_err(|e| {
                     format!("stored policy version {} does not compile: {e}", r.version)
                 })?;
+                tracing::info!(
+                    tenant = store.name(),
+                    version = r.version,
+                    generation,
+                    "policy set compiled"
+                );
                 Some(Arc::new(set))
             }
         };
