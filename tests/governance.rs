@@ -1564,8 +1564,43 @@ async fn a_session_that_read_confidential_data_cannot_send_it_out() {
     let a = s2.clone().in_data_session("agent:a");
     let b = s2.clone().in_data_session("agent:b");
     read_confidential(a.clone()).await;
-    assert!(matches!(greet(a).await, Outcome::Denied { .. }));
-    assert_eq!(greet(b).await, Outcome::Ok);
+    assert!(matches!(greet(a.clone()).await, Outcome::Denied { .. }));
+    assert_eq!(greet(b.clone()).await, Outcome::Ok);
+
+    // Policy may hold such a call for approval instead of denying it; a
+    // policy that does not hold leaves the denial in place.
+    e.w.set_policy(
+        &deployer,
+        r#"@id("baseline") permit(principal, action, resource);"#,
+    )
+    .await
+    .expect("policy");
+    assert!(
+        matches!(greet(a.clone()).await, Outcome::Denied { ref rule, .. } if rule == "guard.classification")
+    );
+    e.w.set_policy(
+        &deployer,
+        r#"
+        @id("baseline") permit(principal, action, resource);
+        @id("confidential-out-needs-approval")
+        forbid(principal, action == Warden::Action::"invoke_unattended", resource)
+        when { context.session.rank >= 3 && resource.sends_to == "public" };
+        "#,
+    )
+    .await
+    .expect("policy");
+    match greet(a).await {
+        Outcome::Held { rule, reason } => {
+            assert_eq!(rule, "policy.hold");
+            assert!(reason.contains("data classification"), "{reason}");
+        }
+        other => panic!("expected a hold, got {other:?}"),
+    }
+    assert_eq!(
+        greet(b).await,
+        Outcome::Ok,
+        "a session that read nothing confidential"
+    );
 }
 
 // ---- Cedar policy --------------------------------------------------------------

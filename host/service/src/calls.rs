@@ -449,6 +449,9 @@ impl Warden {
             },
         );
         let declared = manifest.actions.iter().find(|a| a.name == action);
+        // The refusal stands unless the tenant's policy holds the call for
+        // approval instead (decided below, once the policy has run).
+        let mut classification_refusal = None;
         if let Some(dest) = declared.and_then(|a| a.sends_to) {
             let tier = self.sessions.tier(&data_session);
             if tier > dest {
@@ -460,9 +463,7 @@ impl Warden {
                 let mut e = entry("invocation.decided");
                 e.component = Some(component.hash_hex());
                 e.detail = serde_json::json!({ "session_tier": tier.as_str(), "destination": dest.as_str() });
-                return self
-                    .deny_call(&store, e, "guard.classification", reason, input)
-                    .await;
+                classification_refusal = Some((e, reason));
             }
         }
         let reads = declared.map_or(Classification::Restricted, |a| a.classification);
@@ -513,7 +514,14 @@ impl Warden {
         };
         let mut decided_by = ("grant", serde_json::Value::Null);
         let call_policy = match policy_set {
-            None => None,
+            None => {
+                if let Some((e, reason)) = classification_refusal.take() {
+                    return self
+                        .deny_call(&store, e, "guard.classification", reason, input)
+                        .await;
+                }
+                None
+            }
             Some(set) => {
                 let facts = CallFacts {
                     tenant: session.tenant.clone(),
@@ -535,6 +543,32 @@ impl Warden {
                     "policy_version": set.version(),
                     "policies": verdict.policies(),
                 });
+                // A classification refusal is a Deny unless policy holds it.
+                let verdict = match (classification_refusal.take(), verdict) {
+                    (None, v) => v,
+                    (
+                        Some((_, reason)),
+                        Verdict::Hold {
+                            rule,
+                            reason: why,
+                            policies,
+                        },
+                    ) => Verdict::Hold {
+                        rule,
+                        reason: format!("{reason}; {why}"),
+                        policies,
+                    },
+                    (Some((mut e, reason)), _) => {
+                        if let (serde_json::Value::Object(d), serde_json::Value::Object(p)) =
+                            (&mut e.detail, detail)
+                        {
+                            d.extend(p);
+                        }
+                        return self
+                            .deny_call(&store, e, "guard.classification", reason, input)
+                            .await;
+                    }
+                };
                 match verdict {
                     Verdict::Allow { .. } => {
                         decided_by = ("policy", detail);

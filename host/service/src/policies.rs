@@ -38,8 +38,9 @@ impl Faults {
     }
 }
 
-/// A tenant's compiled set (`None`: no policy layer) at a call generation.
-type Cached = (i64, Option<Arc<Policies>>);
+/// A tenant's compiled set (`None`: no policy layer) at a call generation,
+/// with the SHA-256 of its text (empty for none).
+type Cached = (i64, String, Option<Arc<Policies>>);
 
 /// Compiled policy sets by tenant, valid for one call generation.
 #[derive(Debug, Default)]
@@ -144,7 +145,8 @@ impl Warden {
         if Faults::on(&self.faults.policy_store) {
             return Err("the policy store failed: injected fault".into());
         }
-        if let Some((g, set)) = self.policy_cache.lock().get(store.name())
+        let cached = self.policy_cache.lock().get(store.name()).cloned();
+        if let Some((g, _, set)) = &cached
             && *g == generation
         {
             return Ok(set.clone());
@@ -153,15 +155,28 @@ impl Warden {
             .policy(None)
             .await
             .map_err(|e| format!("the policy store failed: {e}"))?;
-        let set = match record {
-            None => None,
-            Some(r) if r.text.trim().is_empty() => None,
+        let (sha, set) = match record {
+            None => (String::new(), None),
+            Some(r) if r.text.trim().is_empty() => (String::new(), None),
             Some(r) => {
                 if sha256_hex(r.text.as_bytes()) != r.sha256 {
                     return Err(format!(
                         "stored policy version {} does not match its recorded SHA-256",
                         r.version
                     ));
+                }
+                // The generation moves on any change (a grant, a token); the
+                // policy text often did not: keep the compiled set.
+                if let Some((_, old_sha, Some(old))) = &cached
+                    && *old_sha == r.sha256
+                    && old.version() == r.version
+                {
+                    let set = Some(old.clone());
+                    self.policy_cache.lock().insert(
+                        store.name().to_owned(),
+                        (generation, r.sha256.clone(), set.clone()),
+                    );
+                    return Ok(set);
                 }
                 let set = Policies::compile(&r.text, r.version).map_err(|e| {
                     format!("stored policy version {} does not compile: {e}", r.version)
@@ -172,12 +187,12 @@ impl Warden {
                     generation,
                     "policy set compiled"
                 );
-                Some(Arc::new(set))
+                (r.sha256, Some(Arc::new(set)))
             }
         };
         self.policy_cache
             .lock()
-            .insert(store.name().to_owned(), (generation, set.clone()));
+            .insert(store.name().to_owned(), (generation, sha, set.clone()));
         Ok(set)
     }
 
