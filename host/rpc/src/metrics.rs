@@ -116,7 +116,7 @@ impl Metrics {
             })
             .inc();
         let reason = match &report.outcome {
-            Outcome::Denied { rule, .. } => Some(rule.clone()),
+            Outcome::Denied { rule, .. } | Outcome::Held { rule, .. } => Some(rule.clone()),
             Outcome::NotGranted { .. } => Some("not_granted".to_owned()),
             _ => None,
         };
