@@ -1314,22 +1314,7 @@ async fn changes_by_another_process_reach_the_next_call_through_the_cache() {
 #[tokio::test]
 async fn rate_limits_quotas_and_the_fuel_budget_hold_at_their_boundaries() {
     let mut e = env().await;
-    let deployer = e.tenant("acme").await;
-    let builder = e.principal(&deployer, "b", &["builder"]).await;
-    e.publish(
-        &builder,
-        "fixture_greeter_v1",
-        "tools/fixtures/greeter-v1/tool.toml",
-    )
-    .await;
-    e.publish(&builder, "kv", "tools/kv/tool.toml").await;
-    e.w.deploy_tool(&deployer, "greeter", "1.0.0")
-        .await
-        .expect("deploy");
-    e.w.deploy_tool(&deployer, "kv", "0.1.0")
-        .await
-        .expect("deploy");
-    e.active_agent(&builder, &deployer, "bot").await;
+    let deployer = greeter_and_kv(&mut e).await;
     let mut greeter = greeter_grant();
     greeter.rate = Some(warden_policy::RateGrant {
         per_minute: Some(2),
@@ -1633,9 +1618,9 @@ forbid(principal, action == Warden::Action::"import", resource is Warden::KvKey)
 when { resource.key like "*secret*" };
 "#;
 
-/// A tenant with greeter and kv deployed, agent `bot` granted both, and the
-/// policy above in force. Returns the deployer and an agent session.
-async fn policy_env(e: &mut Env) -> (Caller, warden_service::AgentSession) {
+/// Tenant `acme` with greeter 1.0.0 and kv 0.1.0 deployed and agent `bot`
+/// active (no grant yet); returns the deployer.
+async fn greeter_and_kv(e: &mut Env) -> Caller {
     let deployer = e.tenant("acme").await;
     let builder = e.principal(&deployer, "b", &["builder"]).await;
     e.publish(
@@ -1652,6 +1637,13 @@ async fn policy_env(e: &mut Env) -> (Caller, warden_service::AgentSession) {
         .await
         .expect("deploy");
     e.active_agent(&builder, &deployer, "bot").await;
+    deployer
+}
+
+/// A tenant with greeter and kv deployed, agent `bot` granted both, and the
+/// policy above in force. Returns the deployer and an agent session.
+async fn policy_env(e: &mut Env) -> (Caller, warden_service::AgentSession) {
+    let deployer = greeter_and_kv(e).await;
     e.w.add_grant(&deployer, "bot", "greeter", &greeter_grant(), None)
         .await
         .expect("grant");
