@@ -112,6 +112,13 @@ pub struct GrantedAction {
     pub output_schema: serde_json::Value,
 }
 
+/// Adds the fields of `more` (an object) to `detail` (an object).
+fn merge_detail(detail: &mut serde_json::Value, more: serde_json::Value) {
+    if let (serde_json::Value::Object(d), serde_json::Value::Object(m)) = (detail, more) {
+        d.extend(m);
+    }
+}
+
 /// A report for a call refused before anything ran.
 fn refused(tool: &str, action: &str, reason: String) -> Report {
     let mut r = Report::new(tool, "", "", action);
@@ -412,6 +419,12 @@ impl Warden {
                 manifest,
             } => (grant, tool, manifest),
         };
+        // The decided entry of a call the pipeline stops before it runs.
+        let refusal = || {
+            let mut e = entry("invocation.decided");
+            e.component = Some(component.hash_hex());
+            e
+        };
         // The guard pipeline, cheapest check first; the first that does not
         // allow decides, and nothing runs. Input first: size, JSON, schema.
         let schema_checked = if Faults::on(&self.faults.schema) {
@@ -427,14 +440,14 @@ impl Warden {
         let args = match schema_checked {
             Ok(v) => v,
             Err(outcome) => {
-                let mut e = entry("invocation.decided");
-                e.component = Some(component.hash_hex());
                 let rule = match &outcome {
                     Outcome::Denied { rule, .. } => rule.clone(),
                     Outcome::UnknownAction { .. } => "guard.action".into(),
                     _ => "guard.input_schema".into(),
                 };
-                return self.refuse_call(&store, e, &rule, outcome, input).await;
+                return self
+                    .refuse_call(&store, refusal(), &rule, outcome, input)
+                    .await;
             }
         };
         // Data classification: an action that sends data out may not run in a
@@ -460,8 +473,7 @@ impl Warden {
                     tier.as_str(),
                     dest.as_str()
                 );
-                let mut e = entry("invocation.decided");
-                e.component = Some(component.hash_hex());
+                let mut e = refusal();
                 e.detail = serde_json::json!({ "session_tier": tier.as_str(), "destination": dest.as_str() });
                 classification_refusal = Some((e, reason));
             }
@@ -496,19 +508,15 @@ impl Warden {
         let usage = match admitted {
             Ok(u) => u,
             Err((rule, reason)) => {
-                let mut e = entry("invocation.decided");
-                e.component = Some(component.hash_hex());
-                return self.deny_call(&store, e, rule, reason, input).await;
+                return self.deny_call(&store, refusal(), rule, reason, input).await;
             }
         };
         // The tenant's Cedar policy, with everything it may look at.
         let policy_set = match self.policies_in_force(&store, session.generation).await {
             Ok(set) => set.filter(|s| !s.is_empty()),
             Err(reason) => {
-                let mut e = entry("invocation.decided");
-                e.component = Some(component.hash_hex());
                 return self
-                    .deny_call(&store, e, "policy.store", reason, input)
+                    .deny_call(&store, refusal(), "policy.store", reason, input)
                     .await;
             }
         };
@@ -559,11 +567,7 @@ impl Warden {
                         policies,
                     },
                     (Some((mut e, reason)), _) => {
-                        if let (serde_json::Value::Object(d), serde_json::Value::Object(p)) =
-                            (&mut e.detail, detail)
-                        {
-                            d.extend(p);
-                        }
+                        merge_detail(&mut e.detail, detail);
                         return self
                             .deny_call(&store, e, "guard.classification", reason, input)
                             .await;
@@ -575,8 +579,7 @@ impl Warden {
                         Some(Arc::new(crate::policies::CallPolicy { set, facts }))
                     }
                     Verdict::Deny { rule, reason, .. } => {
-                        let mut e = entry("invocation.decided");
-                        e.component = Some(component.hash_hex());
+                        let mut e = refusal();
                         e.detail = detail;
                         return self.deny_call(&store, e, &rule, reason, input).await;
                     }
@@ -584,8 +587,7 @@ impl Warden {
                         // Approvals (pending records an approver decides)
                         // are not built yet: the hold is recorded and
                         // answered, and nothing runs.
-                        let mut e = entry("invocation.decided");
-                        e.component = Some(component.hash_hex());
+                        let mut e = refusal();
                         e.detail = detail;
                         e.decision = Some("hold".into());
                         let outcome = Outcome::Held {
@@ -611,11 +613,7 @@ impl Warden {
             "capabilities": grant.capabilities().iter().map(ToString::to_string).collect::<Vec<_>>(),
             "version": component.info().version,
         });
-        if let (serde_json::Value::Object(d), serde_json::Value::Object(p)) =
-            (&mut decided.detail, decided_by.1)
-        {
-            d.extend(p);
-        }
+        merge_detail(&mut decided.detail, decided_by.1);
         let decided_rx = self
             .audit
             .enqueue(&store, decided, Some(Payload::input(input)))
