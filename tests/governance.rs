@@ -1785,9 +1785,9 @@ async fn cedar_policies_allow_deny_and_hold_real_calls_and_say_why() {
         assert!(t.reason.contains(why), "{row}: {}", t.reason);
     }
 
-    // Import calls: a denied key, and a held one (refused mid-call until
-    // approvals exist), each the guest sees as an error; the call runs.
-    for (key, rule) in [("my-secret", "policy"), ("payroll-2026", "policy.hold")] {
+    // An import call the policy denies is an error the guest sees; the
+    // call runs. (Held import calls: `holds_inside_a_call_suspend_until_decided`.)
+    for (key, rule) in [("my-secret", "policy")] {
         let input = format!(r#"{{"key":"{key}","value":"v"}}"#);
         let r = e.w.invoke(&s, "kv", "put", &input).await.expect("answered");
         assert!(!r.outcome.is_ok(), "{key}: {:?}", r.outcome);
@@ -2030,4 +2030,612 @@ async fn failures_in_the_policy_store_counters_and_schemas_deny() {
         .await
         .expect("a valid version");
     assert!(put().await.expect("answered").outcome.is_ok());
+}
+
+// ---- approvals ---------------------------------------------------------------
+
+/// Greeting the boss and payroll kv writes are held; alice, bob and carol
+/// may approve (and nobody else: the baseline permits no `approve`).
+const APPROVAL_POLICY: &str = r#"
+@id("baseline")
+permit(principal, action in [Warden::Action::"invoke", Warden::Action::"invoke_unattended",
+                             Warden::Action::"import", Warden::Action::"import_unattended"], resource);
+
+@id("bosses-need-approval")
+@reason("greeting the boss needs a human")
+forbid(principal, action == Warden::Action::"invoke_unattended", resource in Warden::Tool::"greeter")
+when { context.args.hasTag("name") && context.args.getTag("name") == "boss" };
+
+@id("payroll-writes-held")
+forbid(principal, action == Warden::Action::"import_unattended", resource is Warden::KvKey)
+when { resource.operation == "set" && resource.key like "*payroll*" };
+
+@id("approvers")
+permit(principal, action == Warden::Action::"approve", resource)
+when { ["alice", "bob", "carol"].contains(principal.name) };
+"#;
+
+struct Approvers {
+    deployer: Caller,
+    alice: Caller,
+    bob: Caller,
+    carol: Caller,
+    /// Holds the approver role, but no policy permits them.
+    dave: Caller,
+    /// Viewer only.
+    vic: Caller,
+    bot: warden_service::AgentSession,
+}
+
+/// `policy_env`'s tenant with [`APPROVAL_POLICY`] and the approvers. The kv
+/// grant's deadline is 1 s, so waiting for an approver longer than that
+/// shows the wait is not charged to the call.
+async fn approval_env(e: &mut Env) -> Approvers {
+    let deployer = greeter_and_kv(e).await;
+    e.w.add_grant(&deployer, "bot", "greeter", &greeter_grant(), None)
+        .await
+        .expect("grant");
+    let mut kv = Grant::from_toml("[kv]\nnamespace = \"bot\"\nwrite = true\n").expect("kv");
+    kv.limits.deadline_ms = 1_000;
+    e.w.add_grant(&deployer, "bot", "kv", &kv, None)
+        .await
+        .expect("grant");
+    e.w.set_policy(&deployer, APPROVAL_POLICY)
+        .await
+        .expect("policy set");
+    let alice = e.principal(&deployer, "alice", &["approver"]).await;
+    let bob = e.principal(&deployer, "bob", &["approver"]).await;
+    let carol = e.principal(&deployer, "carol", &["approver"]).await;
+    let dave = e.principal(&deployer, "dave", &["approver"]).await;
+    let vic = e.principal(&deployer, "vic", &["viewer"]).await;
+    let (_, token) = e.token_for(&deployer, "bot").await;
+    let bot = e.w.authenticate_agent(&token).await.expect("session");
+    Approvers {
+        deployer,
+        alice,
+        bob,
+        carol,
+        dave,
+        vic,
+        bot,
+    }
+}
+
+/// Greets the boss: held. Returns the approval id and the invocation id.
+async fn hold_boss(e: &Env, a: &Approvers) -> (String, String) {
+    let r =
+        e.w.invoke(&a.bot, "greeter", "greet", r#"{"name":"boss"}"#)
+            .await
+            .expect("answered");
+    match &r.outcome {
+        Outcome::Held { rule, reason } => {
+            assert_eq!(rule, "policy.hold");
+            assert!(reason.contains("pending"), "{reason}");
+        }
+        other => panic!("not held: {other:?}"),
+    }
+    assert!(r.approval_id.starts_with("apr_"), "{}", r.approval_id);
+    assert_eq!(r.fuel_used, 0, "nothing ran");
+    (r.approval_id, r.invocation_id)
+}
+
+/// The kinds of the audit entries about approval `id`, in order.
+async fn approval_trail(e: &Env, by: &Caller, id: &str) -> Vec<String> {
+    let bundle = e.w.audit_export(by).await.expect("export");
+    bundle
+        .records
+        .iter()
+        .filter_map(|r| warden_audit::Entry::decode(r.body.as_bytes()).ok())
+        .filter(|en| en.detail.get("approval").and_then(|v| v.as_str()) == Some(id))
+        .map(|en| en.kind)
+        .collect()
+}
+
+/// How many times invocation `inv` finished (ran) in the trail.
+async fn runs(e: &Env, by: &Caller, inv: &str) -> usize {
+    let bundle = e.w.audit_export(by).await.expect("export");
+    bundle
+        .records
+        .iter()
+        .filter_map(|r| warden_audit::Entry::decode(r.body.as_bytes()).ok())
+        .filter(|en| en.kind == "invocation.finished" && en.invocation.as_deref() == Some(inv))
+        .count()
+}
+
+/// Waits (bounded) until `by` sees a pending approval; returns it.
+async fn first_pending(e: &Env, by: &Caller) -> warden_service::approvals::ApprovalView {
+    for _ in 0..500 {
+        if let Some(v) = e.w.pending_approvals(by, false).await.expect("list").pop() {
+            return v;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("no approval became pending");
+}
+
+fn conflict(r: Result<warden_service::approvals::ApprovalView, Error>, fragment: &str) {
+    match r {
+        Err(Error::Conflict(m)) if m.contains(fragment) => {}
+        other => panic!("expected a conflict with `{fragment}`, got {other:?}"),
+    }
+}
+
+use warden_service::approvals::Vote;
+
+/// Approve, reject, expire and cancel, side by side: only approve runs the
+/// call, once, and the agent collects the result by approval or invocation id.
+#[tokio::test]
+async fn held_calls_run_once_approved_and_never_otherwise() {
+    let mut e = env().await;
+    let mut a = approval_env(&mut e).await;
+
+    // Approve: runs once, now; the agent reads the result.
+    let (id, inv) = hold_boss(&e, &a).await;
+    let listed = e.w.pending_approvals(&a.alice, false).await.expect("list");
+    assert_eq!(listed.len(), 1);
+    let shown = &listed[0].approval;
+    assert_eq!(shown.input, r#"{"name":"boss"}"#, "the exact payload");
+    assert_eq!(
+        (
+            shown.tool.as_str(),
+            shown.action.as_str(),
+            shown.status.as_str()
+        ),
+        ("greeter", "greet", "pending")
+    );
+    assert_eq!(shown.policy_version, 1);
+    let v =
+        e.w.decide_approval(&a.alice, &id, Vote::Approve, "ok")
+            .await
+            .expect("approved");
+    assert_eq!(v.approval.status, "executed");
+    let result = v.approval.result.as_ref().expect("result stored");
+    assert_eq!(result["outcome"], "ok", "{result}");
+    let got =
+        e.w.agent_approval(&a.bot, &id, std::time::Duration::ZERO)
+            .await
+            .expect("agent reads its approval");
+    assert_eq!(got.approval.result.as_ref(), Some(result));
+    assert_eq!(
+        e.w.approval_of_invocation(&a.bot, &inv)
+            .await
+            .expect("by invocation"),
+        Some(id.clone())
+    );
+    assert_eq!(runs(&e, &a.deployer, &inv).await, 1);
+    assert_eq!(
+        approval_trail(&e, &a.deployer, &id).await,
+        [
+            "approval.requested",
+            "invocation.decided",
+            "approval.vote",
+            "approval.approved",
+            "approval.executing",
+            "invocation.decided",
+            "approval.executed"
+        ],
+        "the hold's decision, then the approved run's"
+    );
+    // Replaying the consumed approval is refused; it never runs again.
+    conflict(
+        e.w.decide_approval(&a.bob, &id, Vote::Approve, "").await,
+        "executed",
+    );
+    e.w.resume_approvals(false).await.expect("sweep");
+    assert_eq!(runs(&e, &a.deployer, &inv).await, 1);
+
+    // Reject: vetoed, never runs, the agent sees it.
+    let (id, inv) = hold_boss(&e, &a).await;
+    let v =
+        e.w.decide_approval(&a.bob, &id, Vote::Reject, "not today")
+            .await
+            .expect("rejected");
+    assert_eq!(v.approval.status, "rejected");
+    assert!(v.approval.result.is_none());
+    conflict(
+        e.w.decide_approval(&a.alice, &id, Vote::Approve, "").await,
+        "rejected",
+    );
+    assert_eq!(runs(&e, &a.deployer, &inv).await, 0);
+
+    // Expire: past the expiry a vote is refused and the hold is expired.
+    let (id, inv) = hold_boss(&e, &a).await;
+    e.advance(3_601);
+    conflict(
+        e.w.decide_approval(&a.alice, &id, Vote::Approve, "").await,
+        "expired",
+    );
+    assert_eq!(
+        e.w.approval(&a.vic, &id)
+            .await
+            .expect("viewer reads")
+            .approval
+            .status,
+        "expired"
+    );
+    assert_eq!(runs(&e, &a.deployer, &inv).await, 0);
+    assert_eq!(
+        approval_trail(&e, &a.deployer, &id).await,
+        [
+            "approval.requested",
+            "invocation.decided",
+            "approval.expired"
+        ]
+    );
+
+    // Cancel: the requesting agent withdraws it; nothing runs. (A fresh
+    // token: the clock moved past the first one's hour.)
+    let (_, token) = e.token_for(&a.deployer, "bot").await;
+    a.bot = e.w.authenticate_agent(&token).await.expect("session");
+    let (id, inv) = hold_boss(&e, &a).await;
+    let v = e.w.cancel_approval(&a.bot, &id).await.expect("cancelled");
+    assert_eq!(v.approval.status, "cancelled");
+    conflict(
+        e.w.decide_approval(&a.alice, &id, Vote::Approve, "").await,
+        "cancelled",
+    );
+    assert_eq!(runs(&e, &a.deployer, &inv).await, 0);
+    assert!(
+        e.w.pending_approvals(&a.alice, true)
+            .await
+            .expect("list")
+            .is_empty(),
+        "nothing left pending"
+    );
+}
+
+/// 2-of-3 quorum, a veto, and who may never decide: the agent's owner, an
+/// approver the policy does not name, a principal without the role, and the
+/// agent itself (an agent token is not an operator key).
+#[tokio::test]
+async fn quorum_veto_and_approver_authority() {
+    let mut e = env().await;
+    let a = approval_env(&mut e).await;
+    e.w.set_setting(&a.deployer, "approvals_required", "2")
+        .await
+        .expect("setting");
+
+    // 2 of 3: one approval is not enough; the second runs it.
+    let (id, inv) = hold_boss(&e, &a).await;
+    let v =
+        e.w.decide_approval(&a.alice, &id, Vote::Approve, "")
+            .await
+            .expect("vote");
+    assert_eq!((v.approval.status.as_str(), v.approvals), ("pending", 1));
+    conflict(
+        e.w.decide_approval(&a.alice, &id, Vote::Approve, "").await,
+        "already voted",
+    );
+    assert_eq!(runs(&e, &a.deployer, &inv).await, 0);
+    let v =
+        e.w.decide_approval(&a.carol, &id, Vote::Approve, "")
+            .await
+            .expect("vote");
+    assert_eq!(v.approval.status, "executed");
+    assert_eq!(runs(&e, &a.deployer, &inv).await, 1);
+
+    // A veto: one approval, then a rejection, rejects.
+    let (id, inv) = hold_boss(&e, &a).await;
+    e.w.decide_approval(&a.alice, &id, Vote::Approve, "")
+        .await
+        .expect("vote");
+    let v =
+        e.w.decide_approval(&a.bob, &id, Vote::Reject, "no")
+            .await
+            .expect("veto");
+    assert_eq!(v.approval.status, "rejected");
+    assert_eq!(runs(&e, &a.deployer, &inv).await, 0);
+
+    let (id, _) = hold_boss(&e, &a).await;
+    // Outside the policy: the role is not enough.
+    forbidden(
+        e.w.decide_approval(&a.dave, &id, Vote::Approve, "").await,
+        "no policy permits `dave`",
+    );
+    let dave_list = e.w.pending_approvals(&a.dave, true).await.expect("list");
+    assert_eq!(dave_list[0].may_decide, Some(false));
+    assert!(
+        e.w.pending_approvals(&a.dave, false)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    // Without the role: a viewer reads, never decides.
+    assert!(matches!(
+        e.w.decide_approval(&a.vic, &id, Vote::Approve, "").await,
+        Err(Error::Forbidden(m)) if m.contains("approver role")
+    ));
+    // The agent's owner (the builder `b` drafted it) may not approve it,
+    // even holding the role and a policy permit.
+    let mut owner_env = env().await;
+    let owner_a = approval_env(&mut owner_env).await;
+    let both = owner_env
+        .principal(&owner_a.deployer, "carl", &["builder", "approver"])
+        .await;
+    let relaxed_policy = APPROVAL_POLICY.replace(r#""carol"]"#, r#""carol", "carl"]"#);
+    owner_env
+        .w
+        .set_policy(&owner_a.deployer, &relaxed_policy)
+        .await
+        .expect("policy");
+    owner_env
+        .active_agent(&both, &owner_a.deployer, "carlbot")
+        .await;
+    owner_env
+        .w
+        .add_grant(
+            &owner_a.deployer,
+            "carlbot",
+            "greeter",
+            &greeter_grant(),
+            None,
+        )
+        .await
+        .expect("grant");
+    let (_, t) = owner_env.token_for(&owner_a.deployer, "carlbot").await;
+    let carlbot = owner_env.w.authenticate_agent(&t).await.expect("session");
+    let r = owner_env
+        .w
+        .invoke(&carlbot, "greeter", "greet", r#"{"name":"boss"}"#)
+        .await
+        .expect("held");
+    forbidden(
+        owner_env
+            .w
+            .decide_approval(&both, &r.approval_id, Vote::Approve, "mine")
+            .await,
+        "you own this agent",
+    );
+    assert!(
+        approval_trail(&owner_env, &owner_a.deployer, &r.approval_id)
+            .await
+            .contains(&"approval.refused".to_owned())
+    );
+    // The agent itself has no operator key at all.
+    let (_, token) = e.token_for(&a.deployer, "bot").await;
+    assert!(matches!(
+        e.w.authenticate(&token).await,
+        Err(Error::Unauthenticated(_))
+    ));
+    // Its refused attempts are in the trail.
+    let trail = approval_trail(&e, &a.deployer, &id).await;
+    assert_eq!(
+        trail,
+        [
+            "approval.requested",
+            "invocation.decided",
+            "approval.refused"
+        ]
+    );
+}
+
+/// Exactly one execution when approvers race, and a payload changed after
+/// it was held (the stored input edited, or the tool redeployed) is refused.
+#[tokio::test]
+async fn concurrent_approvals_run_once_and_swapped_payloads_are_refused() {
+    let mut e = env().await;
+    let a = approval_env(&mut e).await;
+    // Racing approvers (quorum 1) and a racing sweep.
+    let (id, inv) = hold_boss(&e, &a).await;
+    let (r1, r2, r3) = tokio::join!(
+        e.w.decide_approval(&a.alice, &id, Vote::Approve, ""),
+        e.w.decide_approval(&a.bob, &id, Vote::Approve, ""),
+        e.w.resume_approvals(false),
+    );
+    r3.expect("sweep");
+    assert_eq!(
+        [r1.is_ok(), r2.is_ok()].iter().filter(|x| **x).count(),
+        1,
+        "one vote decides, the other is refused: {r1:?} {r2:?}"
+    );
+    assert_eq!(runs(&e, &a.deployer, &inv).await, 1, "exactly one run");
+
+    // The stored request edited after it was held: refused at execution.
+    let (id, inv) = hold_boss(&e, &a).await;
+    let db = tenant_db(&e, "acme").await;
+    sqlx::query("UPDATE approvals SET input = ? WHERE id = ?")
+        .bind(r#"{"name":"everyone"}"#)
+        .bind(&id)
+        .execute(&db)
+        .await
+        .expect("tamper");
+    let v =
+        e.w.decide_approval(&a.alice, &id, Vote::Approve, "")
+            .await
+            .expect("vote");
+    let result = v.approval.result.expect("result");
+    assert_eq!(result["outcome"], "denied", "{result}");
+    assert_eq!(result["rule"], "approval.payload", "{result}");
+    assert!(
+        result["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("no longer matches its hash")),
+        "{result}"
+    );
+    assert_eq!(runs(&e, &a.deployer, &inv).await, 0);
+
+    // The tool changed between the hold and the approval: refused.
+    let (id, inv) = hold_boss(&e, &a).await;
+    let builder2 = e.principal(&a.deployer, "b2", &["builder"]).await;
+    e.publish(
+        &builder2,
+        "fixture_greeter_v2",
+        "tools/fixtures/greeter-v2/tool.toml",
+    )
+    .await;
+    e.w.deploy_tool(&a.deployer, "greeter", "2.0.0")
+        .await
+        .expect("deploy v2");
+    let v =
+        e.w.decide_approval(&a.alice, &id, Vote::Approve, "")
+            .await
+            .expect("vote");
+    let result = v.approval.result.expect("result");
+    assert_eq!(result["rule"], "approval.payload", "{result}");
+    assert!(
+        result["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("now version 2.0.0")),
+        "{result}"
+    );
+    assert_eq!(runs(&e, &a.deployer, &inv).await, 0);
+}
+
+/// Approved but not yet run when the process stopped: the next start runs it
+/// once. A call suspended inside on a hold when the process stopped is
+/// aborted and recorded, never resumed.
+#[tokio::test]
+async fn restart_runs_approved_calls_once_and_aborts_suspended_ones() {
+    let mut e = env().await;
+    let a = approval_env(&mut e).await;
+    let (id, inv) = hold_boss(&e, &a).await;
+    e.w.faults()
+        .stop_before_execution
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let v =
+        e.w.decide_approval(&a.alice, &id, Vote::Approve, "")
+            .await
+            .expect("vote");
+    assert_eq!(v.approval.status, "approved");
+    assert_eq!(runs(&e, &a.deployer, &inv).await, 0);
+
+    // A call suspended on a held kv write, then the process "dies" (the
+    // call's future is dropped).
+    let put =
+        e.w.invoke(&a.bot, "kv", "put", r#"{"key":"payroll-1","value":"9"}"#);
+    tokio::select! {
+        r = put => panic!("the held write finished: {r:?}"),
+        v = first_pending(&e, &a.alice) => assert_eq!(v.approval.kind, "import"),
+    }
+    e.w.close().await;
+    let e = Env {
+        w: open(e.dir.path()).await.0,
+        ..e
+    };
+    let resumed = e.w.resume_approvals(true).await.expect("resume");
+    assert_eq!(resumed.executed, [id.clone()]);
+    assert_eq!(resumed.aborted.len(), 1, "{resumed:?}");
+    assert_eq!(runs(&e, &a.deployer, &inv).await, 1);
+    let aborted =
+        e.w.approval(&a.alice, &resumed.aborted[0])
+            .await
+            .expect("show");
+    assert_eq!(aborted.approval.status, "aborted");
+    assert!(
+        approval_trail(&e, &a.deployer, &resumed.aborted[0])
+            .await
+            .contains(&"approval.aborted".to_owned())
+    );
+    // Nothing runs twice on the next start.
+    let again = e.w.resume_approvals(true).await.expect("resume");
+    assert!(
+        again.executed.is_empty() && again.aborted.is_empty(),
+        "{again:?}"
+    );
+    assert_eq!(runs(&e, &a.deployer, &inv).await, 1);
+}
+
+/// A hold inside a call: the instance waits on the held kv write. Approved,
+/// the write happens and the call completes (after waiting longer than its
+/// 1 s deadline, which the wait is not charged to); rejected, the guest
+/// sees a denial and the value is never written.
+#[tokio::test]
+async fn holds_inside_a_call_suspend_until_decided() {
+    let mut e = env().await;
+    let a = approval_env(&mut e).await;
+    let approve = async {
+        let v = first_pending(&e, &a.alice).await;
+        assert_eq!(v.approval.kind, "import");
+        assert_eq!(
+            v.approval.import.as_ref().expect("import request")["key"],
+            "payroll-1"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+        e.w.decide_approval(&a.alice, &v.approval.id, Vote::Approve, "")
+            .await
+            .expect("approved")
+    };
+    let (r, v) = tokio::join!(
+        e.w.invoke(&a.bot, "kv", "put", r#"{"key":"payroll-1","value":"9"}"#),
+        approve
+    );
+    let r = r.expect("answered");
+    assert!(r.outcome.is_ok(), "{:?}", r.outcome);
+    let got =
+        e.w.invoke(&a.bot, "kv", "get", r#"{"key":"payroll-1"}"#)
+            .await
+            .expect("get");
+    assert!(got.output.expect("output").to_string().contains('9'));
+    let id = v.approval.id;
+    assert_eq!(
+        e.w.approval(&a.alice, &id)
+            .await
+            .expect("show")
+            .approval
+            .status,
+        "consumed"
+    );
+    assert_eq!(
+        approval_trail(&e, &a.deployer, &id).await,
+        [
+            "approval.requested",
+            "approval.vote",
+            "approval.approved",
+            "approval.consumed"
+        ]
+    );
+
+    // Rejected: the write never happens.
+    let reject = async {
+        let v = first_pending(&e, &a.alice).await;
+        e.w.decide_approval(&a.bob, &v.approval.id, Vote::Reject, "no")
+            .await
+            .expect("rejected")
+    };
+    let (r, _) = tokio::join!(
+        e.w.invoke(&a.bot, "kv", "put", r#"{"key":"payroll-2","value":"9"}"#),
+        reject
+    );
+    let r = r.expect("answered");
+    assert!(!r.outcome.is_ok(), "{:?}", r.outcome);
+    let ev = r
+        .imports
+        .iter()
+        .find(|i| i.resource == "payroll-2")
+        .expect("import event");
+    match &ev.decision {
+        warden_policy::Decision::Deny { rule, reason } => {
+            assert_eq!(rule, "approval.rejected");
+            assert!(reason.contains("bob"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let got =
+        e.w.invoke(&a.bot, "kv", "get", r#"{"key":"payroll-2"}"#)
+            .await
+            .expect("get");
+    assert!(
+        got.output.is_none_or(|o| !o.to_string().contains('9')),
+        "never written"
+    );
+
+    // Expired while suspended: refused, nothing written.
+    let expire = async {
+        first_pending(&e, &a.alice).await;
+        e.advance(3_601);
+    };
+    let (r, ()) = tokio::join!(
+        e.w.invoke(&a.bot, "kv", "put", r#"{"key":"payroll-3","value":"9"}"#),
+        expire
+    );
+    let r = r.expect("answered");
+    let ev = r
+        .imports
+        .iter()
+        .find(|i| i.resource == "payroll-3")
+        .expect("import event");
+    assert!(
+        matches!(&ev.decision, warden_policy::Decision::Deny { rule, .. } if rule == "approval.expired"),
+        "{ev:?}"
+    );
 }

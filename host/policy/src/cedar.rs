@@ -80,6 +80,15 @@ namespace Warden {
   action invoke, invoke_unattended appliesTo {
     principal: Agent, resource: ToolAction, context: InvokeContext,
   };
+  // A principal of the tenant deciding a held call (`approve`).
+  entity Approver = { name: String };
+  type ApproveContext = {
+    tenant: String, env: String, agent: String, tool: String, action: String,
+    effect: String, kind: String, args: Args, numbers: Numbers, time: Time,
+  };
+  action approve appliesTo {
+    principal: Approver, resource: ToolAction, context: ApproveContext,
+  };
   action import, import_unattended appliesTo {
     principal: Agent,
     resource: [HttpEndpoint, KvKey, Secret, File, LogSink],
@@ -128,7 +137,13 @@ impl Kind {
 }
 
 /// Warden's Cedar actions; a policy's action scope is a bit set over them.
-const ACTIONS: [&str; 4] = ["invoke", "invoke_unattended", "import", "import_unattended"];
+const ACTIONS: [&str; 5] = [
+    "invoke",
+    "invoke_unattended",
+    "import",
+    "import_unattended",
+    "approve",
+];
 
 fn action_bit(name: &str) -> u8 {
     ACTIONS
@@ -253,6 +268,7 @@ struct Types {
     agent: EntityTypeName,
     tool: EntityTypeName,
     tool_action: EntityTypeName,
+    approver: EntityTypeName,
     action: EntityTypeName,
     args: EntityTypeName,
     numbers: EntityTypeName,
@@ -267,6 +283,7 @@ static TYPES: LazyLock<Result<Types, String>> = LazyLock::new(|| {
     let t = |n: &str| EntityTypeName::from_str(n).map_err(|e| format!("type {n}: {e}"));
     Ok(Types {
         agent: t("Warden::Agent")?,
+        approver: t("Warden::Approver")?,
         tool: t("Warden::Tool")?,
         tool_action: t("Warden::ToolAction")?,
         action: t("Warden::Action")?,
@@ -515,6 +532,117 @@ impl Policies {
         }
         Ok(Verdict::Allow {
             policies: ids(&first),
+        })
+    }
+
+    /// Whether principal `approver` may decide a held call described by
+    /// `facts` (`kind`: `call` or `import`): Cedar action `approve` on the
+    /// call's `ToolAction`. Allow or Deny; no permit is a Deny.
+    pub fn decide_approver(&self, approver: &str, facts: &CallFacts, kind: &str) -> Verdict {
+        stacker::maybe_grow(STACK_RED_ZONE, STACK_SEGMENT, || {
+            self.try_decide_approver(approver, facts, kind)
+                .unwrap_or_else(|e| {
+                    Verdict::failed(
+                        "policy.error",
+                        format!(
+                            "approver check failed (policy version {}): {e}",
+                            self.version
+                        ),
+                    )
+                })
+        })
+    }
+
+    fn try_decide_approver(
+        &self,
+        approver: &str,
+        facts: &CallFacts,
+        kind: &str,
+    ) -> Result<Verdict, String> {
+        let types = types()?;
+        let (mut list, _agent, resource) = entity_list(types, facts, None)?;
+        let principal = uid(&types.approver, approver);
+        list.push(
+            Entity::new(
+                principal.clone(),
+                HashMap::from([("name".to_owned(), s(approver))]),
+                Default::default(),
+            )
+            .map_err(|e| e.to_string())?,
+        );
+        let entities = Entities::from_entities(list, None).map_err(|e| e.to_string())?;
+        let secs = facts.now.rem_euclid(86_400);
+        let days = facts.now.div_euclid(86_400);
+        let time = RestrictedExpression::new_record(
+            [
+                ("unix", n_i(facts.now)),
+                ("hour", n_i(secs / 3600)),
+                ("minute", n_i(secs % 3600 / 60)),
+                ("weekday", n_i((days + 3).rem_euclid(7))),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v)),
+        )
+        .map_err(|e| e.to_string())?;
+        let context = Context::from_pairs(
+            [
+                ("tenant", s(&facts.tenant)),
+                ("env", s(&facts.env)),
+                ("agent", s(&facts.agent)),
+                ("tool", s(&facts.tool)),
+                ("action", s(&facts.action)),
+                ("effect", s(facts.effect.as_str())),
+                ("kind", s(kind)),
+                (
+                    "args",
+                    RestrictedExpression::new_entity_uid(uid(&types.args, "call")),
+                ),
+                (
+                    "numbers",
+                    RestrictedExpression::new_entity_uid(uid(&types.numbers, "call")),
+                ),
+                ("time", time),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v)),
+        )
+        .map_err(|e| e.to_string())?;
+        let request = Request::new(
+            principal,
+            uid(&types.action, "approve"),
+            resource,
+            context,
+            None,
+        )
+        .map_err(|e| format!("building the request: {e}"))?;
+        // Agent-scoped policies cannot name an Approver: slice with no agent.
+        let slice = self.slice("", &facts.tool, "approve")?;
+        let r = self.authorizer.is_authorized(&request, &slice, &entities);
+        if let Some(v) = self.errored(&r) {
+            return Ok(v);
+        }
+        let mut policies: Vec<String> = r.diagnostics().reason().map(ToString::to_string).collect();
+        policies.sort();
+        if r.decision() == cedar_policy::Decision::Allow {
+            return Ok(Verdict::Allow { policies });
+        }
+        let reason = if policies.is_empty() {
+            format!(
+                "no policy permits `{approver}` to approve `{}/{}` (policy version {}: Cedar denies by default)",
+                facts.tool, facts.action, self.version
+            )
+        } else {
+            format!(
+                "forbidden by policy {} (version {}){}",
+                policies.join(", "),
+                self.version,
+                self.why(&policies)
+            )
+        };
+        Ok(Verdict::Deny {
+            rule: "approval.authority".into(),
+            reason,
+            policies,
         })
     }
 
@@ -847,6 +975,60 @@ mod tests {
             usage: Usage::default(),
             session: SessionFacts::default(),
         }
+    }
+
+    #[test]
+    fn approver_authority_is_a_policy_decision() {
+        let p = Policies::compile(
+            r#"
+            @id("base") permit(principal, action == Warden::Action::"invoke", resource);
+            @id("alice-notes")
+            permit(principal == Warden::Approver::"alice", action == Warden::Action::"approve", resource in Warden::Tool::"notes");
+            @id("bob") permit(principal == Warden::Approver::"bob", action == Warden::Action::"approve", resource);
+            @id("bob-small") @reason("bob releases small amounts only")
+            forbid(principal == Warden::Approver::"bob", action == Warden::Action::"approve", resource)
+              when { context.numbers.hasTag("amount") && context.numbers.getTag("amount") > 100 };
+            "#,
+            3,
+        )
+        .expect("compiles");
+        let f = facts();
+        assert!(matches!(
+            p.decide_approver("alice", &f, "call"),
+            Verdict::Allow { policies } if policies == ["alice-notes"]
+        ));
+        assert!(matches!(
+            p.decide_approver("bob", &f, "import"),
+            Verdict::Allow { .. }
+        ));
+        let mut big = facts();
+        big.args = serde_json::json!({ "amount": 500 });
+        match p.decide_approver("bob", &big, "call") {
+            Verdict::Deny {
+                rule,
+                reason,
+                policies,
+            } => {
+                assert_eq!(rule, "approval.authority");
+                assert_eq!(policies, ["bob-small"]);
+                assert!(reason.contains("small amounts only"), "{reason}");
+            }
+            v => panic!("{v:?}"),
+        }
+        let mut other = facts();
+        other.tool = "pay".into();
+        match p.decide_approver("alice", &other, "call") {
+            Verdict::Deny { rule, reason, .. } => {
+                assert_eq!(rule, "approval.authority");
+                assert!(reason.contains("no policy permits `alice`"), "{reason}");
+            }
+            v => panic!("{v:?}"),
+        }
+        // An invoke permit never grants approval authority.
+        assert!(matches!(
+            p.decide_approver("carol", &f, "call"),
+            Verdict::Deny { .. }
+        ));
     }
 
     /// A policy set used by the table below.

@@ -72,7 +72,10 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             axum::http::header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state.metrics.render(state.warden.calls_in_flight()),
+        state.metrics.render_with(
+            state.warden.calls_in_flight(),
+            &state.warden.approval_stats().await,
+        ),
     )
 }
 
@@ -300,14 +303,42 @@ pub async fn invocation(
     State(state): State<AppState>,
     Bearer(t): Bearer,
     Path(id): Path<String>,
+    Query(q): Query<WaitQuery>,
 ) -> ApiResult<Json<Value>> {
     let s = agent(&state, &t).await?;
-    match state.invocations.get(&id, &s.tenant, &s.agent_id) {
+    let approval = match state.invocations.get(&id, &s.tenant, &s.agent_id) {
         Some(InvocationState::Running) => {
-            Ok(Json(json!({ "invocation_id": id, "status": "running" })))
+            return Ok(Json(json!({ "invocation_id": id, "status": "running" })));
         }
-        Some(InvocationState::Completed { report }) => Ok(answer(&id, *report)),
-        None => Err(ApiError::not_found(format!("invocation `{id}` not found"))),
+        Some(InvocationState::Completed { report }) if report.approval_id.is_empty() => {
+            return Ok(answer(&id, *report));
+        }
+        Some(InvocationState::Completed { report }) => Some(report.approval_id.clone()),
+        None => state.warden.approval_of_invocation(&s, &id).await?,
+    };
+    // A held call: its approval says where it is, and carries the result
+    // once the approved call ran.
+    let Some(approval) = approval else {
+        return Err(ApiError::not_found(format!("invocation `{id}` not found")));
+    };
+    let wait = Duration::from_secs(q.wait.unwrap_or(0));
+    let a = state.warden.agent_approval(&s, &approval, wait).await?;
+    match &a.approval.result {
+        Some(result) => {
+            let mut v = result.clone();
+            if let Some(o) = v.as_object_mut() {
+                o.insert("invocation_id".into(), json!(id));
+                o.insert("status".into(), json!("completed"));
+            }
+            Ok(Json(v))
+        }
+        None => Ok(Json(json!({
+            "invocation_id": id,
+            "status": "held",
+            "approval_id": a.approval.id,
+            "approval_status": a.approval.status,
+            "expires_at": a.approval.expires_at,
+        }))),
     }
 }
 
@@ -820,6 +851,98 @@ pub async fn test_policy(
 ) -> ApiResult<Json<Value>> {
     let c = operator(&state, &k).await?;
     Ok(Json(json!(state.warden.test_policy(&c, &req).await?)))
+}
+
+// ---- approvals ----------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalsQuery {
+    /// Also list the pending approvals this approver may not decide.
+    #[serde(default)]
+    all: bool,
+}
+
+pub async fn approvals(
+    State(state): State<AppState>,
+    Bearer(k): Bearer,
+    Query(q): Query<ApprovalsQuery>,
+) -> ApiResult<Json<Value>> {
+    let c = operator(&state, &k).await?;
+    Ok(Json(
+        json!({ "approvals": state.warden.pending_approvals(&c, q.all).await? }),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitQuery {
+    /// Long-poll: seconds to wait for a final state (at most 60).
+    #[serde(default)]
+    wait: Option<u64>,
+}
+
+/// One approval: an operator (approver or viewer) sees it with its votes;
+/// the requesting agent sees its own, and may long-poll it for the result.
+pub async fn approval(
+    State(state): State<AppState>,
+    Bearer(k): Bearer,
+    Path(id): Path<String>,
+    Query(q): Query<WaitQuery>,
+) -> ApiResult<Json<Value>> {
+    if let Ok(s) = state.warden.authenticate_agent(&k).await {
+        let wait = Duration::from_secs(q.wait.unwrap_or(0));
+        return Ok(Json(json!(
+            state.warden.agent_approval(&s, &id, wait).await?
+        )));
+    }
+    let c = operator(&state, &k).await?;
+    Ok(Json(json!(state.warden.approval(&c, &id).await?)))
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct VoteRequest {
+    #[serde(default)]
+    comment: String,
+}
+
+/// `approve` or `reject` by the authenticated approver (the identity comes
+/// from the key, never from the body).
+pub async fn vote(
+    State(state): State<AppState>,
+    Bearer(k): Bearer,
+    Path((id, verb)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<Value>> {
+    // The body is optional: none, or `{"comment": "..."}`.
+    let comment = if body.iter().all(u8::is_ascii_whitespace) {
+        String::new()
+    } else {
+        serde_json::from_slice::<VoteRequest>(&body)
+            .map_err(|e| ApiError::bad_request(format!("invalid vote body: {e}")))?
+            .comment
+    };
+    let vote = match verb.as_str() {
+        "approve" => warden_service::approvals::Vote::Approve,
+        "reject" => warden_service::approvals::Vote::Reject,
+        "cancel" => {
+            let s = agent(&state, &k).await?;
+            return Ok(Json(json!(state.warden.cancel_approval(&s, &id).await?)));
+        }
+        other => {
+            return Err(ApiError::not_found(format!(
+                "unknown approval verb `{other}` (approve, reject, cancel)"
+            )));
+        }
+    };
+    let c = operator(&state, &k).await?;
+    Ok(Json(json!(
+        state
+            .warden
+            .decide_approval(&c, &id, vote, &comment)
+            .await?
+    )))
 }
 
 /// The answer for a path no route serves.

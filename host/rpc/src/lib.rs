@@ -195,6 +195,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/policy", get(api::policy).put(api::set_policy))
         .route("/v1/policy/versions/{version}", get(api::policy_version))
         .route("/v1/policy/test", post(api::test_policy))
+        .route("/v1/approvals", get(api::approvals))
+        .route("/v1/approvals/{id}", get(api::approval))
+        .route("/v1/approvals/{id}/{verb}", post(api::vote))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .merge(publish)
         .nest_service(

@@ -22,7 +22,6 @@ use rmcp::model::{
 use rmcp::service::{RequestContext, RoleServer};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
-use warden_runtime::Outcome;
 use warden_service::AgentSession;
 
 use crate::AppState;
@@ -118,7 +117,9 @@ impl ServerHandler for WardenMcp {
                 }
                 t
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let mut tools = tools;
+        tools.push(approval_tool());
         Ok(ListToolsResult::with_all_items(tools))
     }
 
@@ -128,6 +129,11 @@ impl ServerHandler for WardenMcp {
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
         let session = self.session(&ctx).await?;
+        if request.name == APPROVAL_TOOL {
+            return self
+                .approval_result(&session, request.arguments.unwrap_or_default(), &ctx)
+                .await;
+        }
         let Some((tool, action)) = request.name.split_once(SEP) else {
             return Ok(tool_error(format!(
                 "unknown tool `{}`: names are <tool>{SEP}<action>",
@@ -153,29 +159,125 @@ impl ServerHandler for WardenMcp {
             Ok(r) => r,
             Err(e) => return Err(McpError::invalid_request(e.message, None)),
         };
-        let markers = report.injection_markers.clone();
-        let invocation = report.invocation_id.clone();
-        let mut result = match report.outcome {
-            Outcome::Ok => {
-                let output = report.output.unwrap_or(serde_json::Value::Null);
-                if output.is_object() {
-                    CallToolResult::structured(output)
-                } else {
-                    CallToolResult::success(vec![ContentBlock::text(output.to_string())])
-                }
-            }
-            other => CallToolResult::error(vec![ContentBlock::text(other.reason())]),
+        Ok(tool_result(&serde_json::json!(report)).into())
+    }
+}
+
+impl WardenMcp {
+    /// `warden_approval`: where a held call stands, and its result once the
+    /// approved call ran (waiting up to `wait_seconds` for it).
+    async fn approval_result(
+        &self,
+        session: &AgentSession,
+        args: JsonObject,
+        ctx: &RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let Some(id) = args.get("approval_id").and_then(|v| v.as_str()) else {
+            return Ok(tool_error(
+                "warden_approval needs `approval_id` (from the held call's answer)".into(),
+            ));
         };
-        // Tool output is untrusted content: say so on every answer.
-        let mut meta = serde_json::Map::new();
-        meta.insert("warden/untrusted".into(), serde_json::Value::Bool(true));
-        meta.insert("warden/invocation_id".into(), invocation.into());
-        if !markers.is_empty() {
-            meta.insert("warden/injection_markers".into(), markers.into());
+        let wait = args
+            .get("wait_seconds")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0);
+        let asked =
+            self.state
+                .warden
+                .agent_approval(session, id, std::time::Duration::from_secs(wait));
+        let view = tokio::select! {
+            v = asked => v,
+            () = ctx.ct.cancelled() => return Err(McpError::internal_error("cancelled", None)),
+        };
+        let view = match view {
+            Ok(v) => v,
+            Err(e) => return Ok(tool_error(opaque(&e))),
+        };
+        if let Some(result) = &view.approval.result {
+            return Ok(tool_result(result).into());
         }
+        let a = &view.approval;
+        let text = match a.status.as_str() {
+            "pending" => format!(
+                "approval {} is pending ({} of {} approvals); it expires at {} (unix). Call warden_approval again (wait_seconds up to 60) for the result.",
+                a.id, view.approvals, a.required, a.expires_at
+            ),
+            other => format!("approval {} is {other}; the held call did not run", a.id),
+        };
+        let mut result = if a.status == "pending" {
+            CallToolResult::success(vec![ContentBlock::text(text)])
+        } else {
+            CallToolResult::error(vec![ContentBlock::text(text)])
+        };
+        let mut meta = serde_json::Map::new();
+        meta.insert("warden/approval_id".into(), a.id.clone().into());
+        meta.insert("warden/approval_status".into(), a.status.clone().into());
         result.meta = Some(rmcp::model::MetaObject(meta));
         Ok(result.into())
     }
+}
+
+/// The built-in tool an agent asks about its held calls with. Its name has
+/// no `__`, so it never collides with a granted `<tool>__<action>`.
+const APPROVAL_TOOL: &str = "warden_approval";
+
+fn approval_tool() -> Tool {
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": {
+            "approval_id": { "type": "string", "description": "the id a held call answered with" },
+            "wait_seconds": { "type": "integer", "minimum": 0, "maximum": 60,
+                              "description": "wait up to this long for a decision and the result" }
+        },
+        "required": ["approval_id"],
+        "additionalProperties": false
+    });
+    Tool::new(
+        APPROVAL_TOOL,
+        "Where a call held for human approval stands; once approved and run, its result.",
+        Arc::new(object(&schema).unwrap_or_default()),
+    )
+}
+
+/// A call's report (as JSON) as an MCP tool result.
+fn tool_result(report: &serde_json::Value) -> CallToolResult {
+    let get = |k: &str| report.get(k).cloned().unwrap_or(serde_json::Value::Null);
+    let outcome = get("outcome");
+    let approval = get("approval_id");
+    let mut result = if outcome == "ok" {
+        let output = get("output");
+        if output.is_object() {
+            CallToolResult::structured(output)
+        } else {
+            CallToolResult::success(vec![ContentBlock::text(output.to_string())])
+        }
+    } else {
+        let reason = match (get("reason"), get("rule")) {
+            (serde_json::Value::String(r), serde_json::Value::String(rule)) => {
+                format!("{r} [{rule}]")
+            }
+            _ => format!("the call ended `{}`", outcome.as_str().unwrap_or("unknown")),
+        };
+        let text = match (outcome.as_str(), approval.as_str()) {
+            (Some("held"), Some(id)) => format!(
+                "held for human approval, nothing ran: {reason}. Approval id: {id}. Call the tool `{APPROVAL_TOOL}` with {{\"approval_id\": \"{id}\", \"wait_seconds\": 60}} to get the result once approvers decide."
+            ),
+            _ => reason,
+        };
+        CallToolResult::error(vec![ContentBlock::text(text)])
+    };
+    // Tool output is untrusted content: say so on every answer.
+    let mut meta = serde_json::Map::new();
+    meta.insert("warden/untrusted".into(), serde_json::Value::Bool(true));
+    meta.insert("warden/invocation_id".into(), get("invocation_id"));
+    if let Some(id) = approval.as_str() {
+        meta.insert("warden/approval_id".into(), id.into());
+    }
+    if let Some(m) = report.get("injection_markers") {
+        meta.insert("warden/injection_markers".into(), m.clone());
+    }
+    result.meta = Some(rmcp::model::MetaObject(meta));
+    result
 }
 
 fn tool_error(text: String) -> CallToolResponse {

@@ -148,6 +148,39 @@ impl Metrics {
     }
 
     /// The text exposition, with the in-flight gauge set to `in_flight`.
+    /// The text exposition with the approval figures added.
+    pub fn render_with(
+        &self,
+        in_flight: usize,
+        approvals: &warden_service::approvals::ApprovalStats,
+    ) -> String {
+        use std::fmt::Write as _;
+        let out = self.render(in_flight);
+        let body = out.strip_suffix("# EOF\n").unwrap_or(&out);
+        let mut extra = String::new();
+        let _ = writeln!(
+            extra,
+            "# HELP warden_approvals_pending Held calls waiting for approvers.\n# TYPE warden_approvals_pending gauge\nwarden_approvals_pending {}",
+            approvals.pending
+        );
+        let _ = writeln!(
+            extra,
+            "# HELP warden_approval_transitions Approval state changes (requested, approved, rejected, expired, cancelled, executed...).\n# TYPE warden_approval_transitions counter"
+        );
+        for (outcome, n) in &approvals.decisions {
+            let _ = writeln!(
+                extra,
+                "warden_approval_transitions_total{{outcome=\"{outcome}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            extra,
+            "# HELP warden_approval_decision_seconds Time from hold to approval or rejection.\n# TYPE warden_approval_decision_seconds summary\nwarden_approval_decision_seconds_sum {}\nwarden_approval_decision_seconds_count {}",
+            approvals.decide_seconds_sum, approvals.decide_count
+        );
+        format!("{body}{extra}# EOF\n")
+    }
+
     pub fn render(&self, in_flight: usize) -> String {
         self.in_flight
             .set(i64::try_from(in_flight).unwrap_or(i64::MAX));

@@ -6,6 +6,7 @@
 //! decision. Later layers (Cedar policy, approvals, audit) extend this one
 //! entry point instead of adding checks of their own.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -15,7 +16,7 @@ use serde_json::{Value, json};
 use warden_policy::{Capability, Decision, Grant, ImportCall, check_import};
 
 use crate::journal::{Divergence, JournalEntry, Tape, TapeHandle};
-use crate::state::{ImportPolicy, WriteAhead};
+use crate::state::{ImportPolicy, ImportVerdict, WriteAhead};
 
 /// Most guarded import calls one invocation may make. A security bound: it
 /// keeps the event record of one call bounded, and a tool that needs more
@@ -47,6 +48,9 @@ struct Inner {
     /// (name, value) of the secrets this call has read; kept in memory for
     /// the call only, to keep their values out of every record.
     secrets: Vec<(String, String)>,
+    /// Import calls the policy held, waiting for [`Guard::before_effect`]:
+    /// (seq, call, reason, rule).
+    holds: Vec<(u32, ImportCall, String, String)>,
 }
 
 impl Drop for Inner {
@@ -93,6 +97,10 @@ pub struct Guard {
     tape: TapeHandle,
     write_ahead: Option<Arc<dyn WriteAhead>>,
     policy: Option<Arc<dyn ImportPolicy>>,
+    /// Microseconds this call has waited for approvers (not its time).
+    paused_us: Arc<AtomicU64>,
+    /// When the current wait began (µs after `started`); 0: not waiting.
+    waiting_since_us: Arc<AtomicU64>,
 }
 
 impl Guard {
@@ -110,7 +118,10 @@ impl Guard {
                 events: Vec::new(),
                 calls: 0,
                 secrets: Vec::new(),
+                holds: Vec::new(),
             })),
+            paused_us: Arc::new(AtomicU64::new(0)),
+            waiting_since_us: Arc::new(AtomicU64::new(0)),
             tape,
             write_ahead,
             policy,
@@ -124,6 +135,34 @@ impl Guard {
     /// (`audit.write_ahead`) and the effect must not happen. A replay acts
     /// on nothing and writes nothing.
     pub async fn before_effect(&self, seq: u32) -> Result<(), String> {
+        // A held call waits for its approvers first; the write-ahead record
+        // then carries the released decision.
+        let held = {
+            let mut inner = self.lock();
+            let at = inner.holds.iter().position(|h| h.0 == seq);
+            at.map(|i| inner.holds.swap_remove(i))
+        };
+        if let (Some((_, call, reason, rule)), Some(policy)) = (held, &self.policy) {
+            let waited = Instant::now();
+            // While waiting, `paused` grows with the clock (the host's own
+            // timeout reads it during the wait).
+            self.waiting_since_us.store(
+                u64::try_from(self.started.elapsed().as_micros())
+                    .unwrap_or(u64::MAX)
+                    .max(1),
+                Ordering::Relaxed,
+            );
+            let released = policy.hold(call, seq, reason, rule).await;
+            self.paused_us.fetch_add(
+                u64::try_from(waited.elapsed().as_micros()).unwrap_or(u64::MAX),
+                Ordering::Relaxed,
+            );
+            self.waiting_since_us.store(0, Ordering::Relaxed);
+            if let Err((rule, reason)) = released {
+                self.record_sandbox_denial(seq, &rule, reason.clone());
+                return Err(reason);
+            }
+        }
         let Some(hook) = &self.write_ahead else {
             return Ok(());
         };
@@ -387,12 +426,32 @@ impl Guard {
             }
         } else {
             // The grant first, then the tenant's policy on what it allowed.
-            self.journal_decision(seq, &call, &resource, || {
+            let mut held = None;
+            let decision = self.journal_decision(seq, &call, &resource, || {
                 match (check_import(&self.grant, &call), &self.policy) {
-                    (Decision::Allow, Some(p)) => p.decide(&call),
+                    (Decision::Allow, Some(p)) => match p.decide(&call) {
+                        ImportVerdict::Decided(d) => d,
+                        // Only an effect waits: it is released (or refused)
+                        // in `before_effect`, which every effect that leaves
+                        // the sandbox passes before it happens.
+                        ImportVerdict::Hold { reason, rule } if call.leaves_sandbox() => {
+                            held = Some((reason, rule));
+                            Decision::Allow
+                        }
+                        ImportVerdict::Hold { reason, rule } => Decision::Deny {
+                            reason: format!(
+                                "{reason}; a call that does not leave the sandbox cannot wait for approval"
+                            ),
+                            rule,
+                        },
+                    },
                     (d, _) => d,
                 }
-            })
+            });
+            if let Some((reason, rule)) = held {
+                inner.holds.push((seq, call.clone(), reason, rule));
+            }
+            decision
         };
         if inner.events.len() < MAX_IMPORT_CALLS {
             let event = ImportEvent {
@@ -408,6 +467,19 @@ impl Guard {
             inner.events.push(event);
         }
         (seq, decision)
+    }
+
+    /// How long this call has waited for approvers so far.
+    pub fn paused(&self) -> std::time::Duration {
+        let done = self.paused_us.load(Ordering::Relaxed);
+        let since = self.waiting_since_us.load(Ordering::Relaxed);
+        let now = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let current = if since == 0 {
+            0
+        } else {
+            now.saturating_sub(since)
+        };
+        std::time::Duration::from_micros(done.saturating_add(current))
     }
 
     /// Attaches the effect's own failure to an allowed event.

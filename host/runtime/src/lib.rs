@@ -40,7 +40,7 @@ pub use caps::secrets::{SecretSource, StaticSecrets};
 pub use guard::ImportEvent;
 pub use journal::{Divergence, Journal};
 pub use linker::{Provider, capability_of};
-pub use state::{Backends, ImportPolicy, WriteAhead};
+pub use state::{Backends, HoldWait, ImportPolicy, ImportVerdict, WriteAhead};
 pub use tool::{ActionInfo, Tool, ToolInfo};
 pub use warden_policy::Effect;
 
@@ -294,6 +294,10 @@ pub struct Report {
     /// `warden audit replay`.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub invocation_id: String,
+    /// A held call: the approval request approvers decide; poll it for the
+    /// result once approved (set by the host service).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub approval_id: String,
     /// Secrets whose values were removed from the logs and stdio (names).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub secrets_redacted: Vec<String>,
@@ -329,6 +333,7 @@ impl Report {
             stdio_dropped: 0,
             correlation_id: String::new(),
             invocation_id: String::new(),
+            approval_id: String::new(),
             secrets_redacted: Vec::new(),
             untrusted: false,
             injection_markers: Vec::new(),
@@ -491,7 +496,8 @@ impl Runtime {
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|mut ctx| {
             let state = ctx.data_mut();
-            if Instant::now() >= state.deadline {
+            // Time spent waiting for an approver is not the call's time.
+            if Instant::now() >= state.deadline + state.guard.paused() {
                 state.limiter.hit = Some(LimitHit::Deadline);
                 return Err(wasmtime::Error::new(state::LimitExceeded(
                     LimitHit::Deadline,
@@ -671,13 +677,28 @@ impl Runtime {
             Err(e) => return Outcome::NotGranted { reason: e },
         };
         let deadline = Duration::from_millis(limits.deadline_ms);
-        let result = tokio::time::timeout(deadline + DEADLINE_GRACE, async {
-            let instance = pre.instantiate_async(&mut store).await?;
-            instance
-                .call_invoke(&mut store, call.action, call.input)
-                .await
-        })
-        .await;
+        let paused = store.data().guard.clone();
+        let result = {
+            let mut run = std::pin::pin!(async {
+                let instance = pre.instantiate_async(&mut store).await?;
+                instance
+                    .call_invoke(&mut store, call.action, call.input)
+                    .await
+            });
+            // The host's own stop, past the epoch deadline; like the deadline
+            // it moves by the time the call spent waiting for approvers.
+            let begun = tokio::time::Instant::now();
+            loop {
+                let until = begun + deadline + DEADLINE_GRACE + paused.paused();
+                match tokio::time::timeout_at(until, &mut run).await {
+                    Ok(r) => break Ok(r),
+                    Err(e) if begun + deadline + DEADLINE_GRACE + paused.paused() <= until => {
+                        break Err(e);
+                    }
+                    Err(_) => continue,
+                }
+            }
+        };
 
         report.fuel_used = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
         let state = store.data_mut();

@@ -40,11 +40,44 @@ pub struct Backends {
     pub policy: Option<Arc<dyn ImportPolicy>>,
 }
 
-/// The policy hook: decides an import call after the grant allowed it. It
-/// returns Allow or Deny (a Hold is a Deny until mid-call approvals exist)
-/// and must fail closed: a check that cannot be made is a Deny.
+/// What the policy hook says about one import call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImportVerdict {
+    /// Allow or Deny, now.
+    Decided(warden_policy::Decision),
+    /// Only a human may release it: the call waits in
+    /// [`ImportPolicy::hold`] before its effect.
+    Hold { reason: String, rule: String },
+}
+
+/// A held import call's wait, resolved: `Ok` approved, `Err((rule, reason))`
+/// refused (rejected, expired, or the approval could not be recorded).
+pub type HoldWait = std::pin::Pin<Box<dyn Future<Output = Result<(), (String, String)>> + Send>>;
+
+/// The policy hook: decides an import call after the grant allowed it, and
+/// waits for approvers on the calls it holds. It must fail closed: a check
+/// that cannot be made is a Deny, a wait that cannot be recorded is a refusal.
 pub trait ImportPolicy: Send + Sync + std::fmt::Debug {
-    fn decide(&self, call: &warden_policy::ImportCall) -> warden_policy::Decision;
+    fn decide(&self, call: &warden_policy::ImportCall) -> ImportVerdict;
+
+    /// Suspends the call until approvers decide import call `call` (number
+    /// `seq` of this invocation), held for `reason` by `rule`. The default
+    /// refuses: a host without approvals cannot wait.
+    fn hold(
+        &self,
+        call: warden_policy::ImportCall,
+        seq: u32,
+        reason: String,
+        rule: String,
+    ) -> HoldWait {
+        let _ = (call, seq);
+        Box::pin(async move {
+            Err((
+                rule,
+                format!("{reason}; this host cannot wait for an approval, so the call is refused"),
+            ))
+        })
+    }
 }
 
 /// The write-ahead hook: makes an allowed import call's decision durable.

@@ -67,6 +67,30 @@ pub struct AgentSession {
 }
 
 impl AgentSession {
+    /// The session an approved held call runs in: the agent's, with the
+    /// held call's correlation, invocation and data session.
+    pub(crate) fn for_approved(
+        tenant: &str,
+        agent: &AgentRecord,
+        a: &warden_store::ApprovalRecord,
+        generation: i64,
+    ) -> AgentSession {
+        AgentSession {
+            tenant: tenant.to_owned(),
+            agent_id: agent.id.clone(),
+            agent: agent.name.clone(),
+            tools: None,
+            expires_at: i64::MAX,
+            correlation_id: a.correlation.clone(),
+            invocation_id: a.invocation.clone(),
+            data_session: a.data_session.clone(),
+            token_hash: String::new(),
+            last_active_at: agent.last_active_at,
+            renew_by: agent.renew_by,
+            generation,
+        }
+    }
+
     /// This session serving the request with this correlation id.
     pub fn correlated(mut self, id: impl Into<String>) -> AgentSession {
         self.correlation_id = id.into();
@@ -193,6 +217,11 @@ impl Warden {
             expires_at,
             tools,
         })
+    }
+
+    /// The same session, checked again now (token and agent).
+    pub(crate) async fn recheck(&self, session: &AgentSession) -> Result<AgentSession> {
+        self.session(&session.tenant, &session.token_hash).await
     }
 
     /// Authenticates an access token.
@@ -359,7 +388,33 @@ impl Warden {
         );
         let cid = session.correlation_id.clone();
         let mut report = self
-            .run_call(session, tool, action, input)
+            .run_call(session, tool, action, input, None)
+            .instrument(span)
+            .await?;
+        report.correlation_id = cid;
+        Ok(report)
+    }
+
+    /// Runs an approved held call (`a`) in `session`, through the whole
+    /// pipeline; the approval stands in for the policy's Hold, and only for
+    /// exactly the payload approved.
+    pub(crate) async fn run_held(
+        &self,
+        session: AgentSession,
+        a: &warden_store::ApprovalRecord,
+    ) -> Result<Report> {
+        let span = tracing::info_span!(
+            "approved_call",
+            correlation_id = %session.correlation_id,
+            tenant = %session.tenant,
+            agent = %session.agent,
+            tool = %a.tool,
+            action = %a.action,
+            approval = %a.id,
+        );
+        let cid = session.correlation_id.clone();
+        let mut report = self
+            .run_call(session, &a.tool, &a.action, &a.input, Some(a))
             .instrument(span)
             .await?;
         report.correlation_id = cid;
@@ -372,6 +427,7 @@ impl Warden {
         tool: &str,
         action: &str,
         input: &str,
+        approved: Option<&warden_store::ApprovalRecord>,
     ) -> Result<Report> {
         let store = self.store.tenant(&session.tenant).await?;
         // Links this call's decided and finished entries.
@@ -461,6 +517,25 @@ impl Warden {
                 session.data_session.clone()
             },
         );
+        // What a hold of this call would record (and what an approval of it
+        // must match).
+        let hold_base = |policy_version: i64, facts: CallFacts| crate::approvals::HoldRequest {
+            kind: "call",
+            session: session.clone(),
+            data_session: data_session.2.clone(),
+            invocation: invocation.clone(),
+            tool: tool.to_owned(),
+            version: component.info().version.clone(),
+            component: component.hash_hex(),
+            action: action.to_owned(),
+            input: input.to_owned(),
+            import: None,
+            policy_version,
+            rule: String::new(),
+            reason: String::new(),
+            policies: Vec::new(),
+            facts,
+        };
         let declared = manifest.actions.iter().find(|a| a.name == action);
         // The refusal stands unless the tenant's policy holds the call for
         // approval instead (decided below, once the policy has run).
@@ -520,6 +595,63 @@ impl Warden {
                     .await;
             }
         };
+        // An approved held call runs only on exactly the payload approved:
+        // same tool version and component, same input, same policy version.
+        if let Some(a) = approved {
+            let live = crate::approvals::payload_sha256(
+                &session.tenant,
+                &warden_store::ApprovalRecord {
+                    version: component.info().version.clone(),
+                    component: component.hash_hex(),
+                    policy_version: policy_set.as_ref().map_or(0, |s| s.version()),
+                    input: input.to_owned(),
+                    agent_id: session.agent_id.clone(),
+                    tool: tool.to_owned(),
+                    action: action.to_owned(),
+                    ..a.clone()
+                },
+            );
+            let stored = crate::approvals::payload_sha256(&session.tenant, a);
+            if live != a.payload_sha256 || stored != a.payload_sha256 {
+                let mut what = Vec::new();
+                if stored != a.payload_sha256 {
+                    what.push("the stored request no longer matches its hash".to_owned());
+                }
+                if component.hash_hex() != a.component || component.info().version != a.version {
+                    what.push(format!(
+                        "tool `{tool}` is now version {} (approved: {})",
+                        component.info().version,
+                        a.version
+                    ));
+                }
+                let pv = policy_set.as_ref().map_or(0, |s| s.version());
+                if pv != a.policy_version {
+                    what.push(format!(
+                        "the policy is now version {pv} (approved: {})",
+                        a.policy_version
+                    ));
+                }
+                if what.is_empty() {
+                    what.push("the call differs from the approved one".into());
+                }
+                let mut e = refusal();
+                e.detail =
+                    serde_json::json!({ "approval": a.id, "payload_sha256": a.payload_sha256 });
+                return self
+                    .deny_call(
+                        &store,
+                        e,
+                        "approval.payload",
+                        format!(
+                            "approval {} does not match this call, so it is refused: {}",
+                            a.id,
+                            what.join("; ")
+                        ),
+                        input,
+                    )
+                    .await;
+            }
+        }
         let mut decided_by = ("grant", serde_json::Value::Null);
         let call_policy = match policy_set {
             None => {
@@ -573,28 +705,88 @@ impl Warden {
                             .await;
                     }
                 };
+                let import_hold = crate::approvals::ImportHold {
+                    desk: self.desk(&store),
+                    base: hold_base(set.version(), facts.clone()),
+                };
+                let verdict = match (verdict, approved) {
+                    // The approval releases exactly this hold.
+                    (Verdict::Hold { policies, .. }, Some(a)) => {
+                        decided_by = (
+                            "approval",
+                            serde_json::json!({
+                                "policy_version": set.version(),
+                                "policies": policies,
+                                "approval": a.id,
+                                "payload_sha256": a.payload_sha256,
+                            }),
+                        );
+                        Verdict::Allow {
+                            policies: Vec::new(),
+                        }
+                    }
+                    (v, _) => v,
+                };
                 match verdict {
                     Verdict::Allow { .. } => {
-                        decided_by = ("policy", detail);
-                        Some(Arc::new(crate::policies::CallPolicy { set, facts }))
+                        if decided_by.0 != "approval" {
+                            decided_by = ("policy", detail);
+                        }
+                        Some(Arc::new(crate::policies::CallPolicy {
+                            set,
+                            facts,
+                            hold: Some(import_hold),
+                        }))
                     }
                     Verdict::Deny { rule, reason, .. } => {
                         let mut e = refusal();
                         e.detail = detail;
                         return self.deny_call(&store, e, &rule, reason, input).await;
                     }
-                    Verdict::Hold { rule, reason, .. } => {
-                        // Approvals (pending records an approver decides)
-                        // are not built yet: the hold is recorded and
-                        // answered, and nothing runs.
+                    Verdict::Hold {
+                        rule,
+                        reason,
+                        policies,
+                    } => {
+                        // The hold is a durable request first; then the
+                        // decision is recorded and answered. Nothing runs.
+                        let mut h = import_hold.base;
+                        h.rule.clone_from(&rule);
+                        h.reason.clone_from(&reason);
+                        h.policies = policies;
+                        let a = match import_hold.desk.request(h).await {
+                            Ok(a) => a,
+                            Err(e) => {
+                                let mut d = refusal();
+                                d.detail = detail;
+                                return self
+                                    .deny_call(
+                                        &store,
+                                        d,
+                                        "approval.store",
+                                        format!("the call needs approval, but the request could not be stored, so it is refused: {e}"),
+                                        input,
+                                    )
+                                    .await;
+                            }
+                        };
                         let mut e = refusal();
                         e.detail = detail;
+                        merge_detail(
+                            &mut e.detail,
+                            serde_json::json!({ "approval": a.id, "payload_sha256": a.payload_sha256, "expires_at": a.expires_at }),
+                        );
                         e.decision = Some("hold".into());
                         let outcome = Outcome::Held {
-                            reason: reason.clone(),
+                            reason: format!(
+                                "{reason}; approval {} is pending until {}",
+                                a.id, a.expires_at
+                            ),
                             rule: rule.clone(),
                         };
-                        return self.refuse_call(&store, e, &rule, outcome, input).await;
+                        let mut r = self.refuse_call(&store, e, &rule, outcome, input).await?;
+                        r.approval_id = a.id;
+                        return Ok(r);
                     }
                 }
             }

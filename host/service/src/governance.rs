@@ -25,8 +25,27 @@ pub const DEFAULT_IDLE_DAYS: u32 = 30;
 /// Grant lifetime when none is given.
 pub const DEFAULT_GRANT_DAYS: u32 = 90;
 
+/// Approvals a held call needs when the tenant sets none.
+pub const DEFAULT_APPROVALS_REQUIRED: u32 = 1;
+/// Seconds a held call waits for its approvers when the tenant sets none.
+pub const DEFAULT_APPROVAL_TTL_SECS: i64 = 3600;
+/// Longest a held call may wait: a week.
+pub const MAX_APPROVAL_TTL_SECS: i64 = 7 * DAY;
+
 /// Tenant settings and their meaning. Only these keys exist.
-const SETTINGS: [(&str, &str); 3] = [
+const SETTINGS: [(&str, &str); 6] = [
+    (
+        "approvals_required",
+        "approving votes a held call needs, 1-9 (default 1); any reject vetoes",
+    ),
+    (
+        "approval_ttl_secs",
+        "seconds a held call waits for its approvers before it expires (= rejected), 10-604800 (default 3600)",
+    ),
+    (
+        "approval_webhook",
+        "http(s) URL posted a JSON note on each new hold and each decision (empty: none)",
+    ),
     (
         "allow_self_deploy",
         "`true` lets a deployer deploy a version they published",
@@ -47,6 +66,9 @@ pub struct Settings {
     pub allow_self_deploy: bool,
     pub allow_owner_approval: bool,
     pub idle_days: u32,
+    pub approvals_required: u32,
+    pub approval_ttl_secs: i64,
+    pub approval_webhook: Option<String>,
     /// Every explicitly set value: (key, value, changed by, changed at).
     pub changes: Vec<(String, String, String, i64)>,
 }
@@ -244,11 +266,24 @@ impl Warden {
         };
         let valid = match key {
             "idle_days" => value.parse::<u32>().is_ok_and(|d| (1..=3650).contains(&d)),
+            "approvals_required" => value.parse::<u32>().is_ok_and(|d| (1..=9).contains(&d)),
+            "approval_ttl_secs" => value
+                .parse::<i64>()
+                .is_ok_and(|d| (10..=MAX_APPROVAL_TTL_SECS).contains(&d)),
+            "approval_webhook" => {
+                value.is_empty()
+                    || reqwest::Url::parse(value)
+                        .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
+            }
             _ => matches!(value, "true" | "false"),
         };
         if !valid {
+            let what = SETTINGS
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map_or("", |(_, d)| *d);
             return Err(Error::Invalid(format!(
-                "setting `{key}` does not accept `{value}` (use true/false, or 1-3650 days for idle_days)"
+                "setting `{key}` does not accept `{value}`: {what}"
             )));
         }
         let store = self.tenant_of(p).await?;
@@ -724,6 +759,15 @@ pub(crate) async fn load_settings(store: &TenantStore) -> Result<Settings> {
         idle_days: get("idle_days")
             .and_then(|v| v.parse().ok())
             .unwrap_or(DEFAULT_IDLE_DAYS),
+        approvals_required: get("approvals_required")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_APPROVALS_REQUIRED),
+        approval_ttl_secs: get("approval_ttl_secs")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_APPROVAL_TTL_SECS),
+        approval_webhook: get("approval_webhook")
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned),
         changes,
     })
 }

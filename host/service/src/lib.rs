@@ -15,6 +15,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod approvals;
 mod audit;
 mod cache;
 mod calls;
@@ -199,7 +200,9 @@ pub struct Warden {
     /// Sessions and resolved calls, valid for one call generation.
     cache: cache::CallCache,
     /// The audit writers.
-    audit: audit::AuditLog,
+    audit: Arc<audit::AuditLog>,
+    /// Approval wake-ups, metrics and the webhook client.
+    hub: Arc<approvals::Hub>,
     /// Rate, quota and fuel-budget counters.
     counters: counters::Counters,
     /// Data classification per agent session.
@@ -256,7 +259,8 @@ impl Warden {
                 tools: Mutex::new(HashMap::new()),
                 kv: Mutex::new(HashMap::new()),
                 cache: cache::CallCache::default(),
-                audit: audit_log,
+                audit: Arc::new(audit_log),
+                hub: Arc::default(),
                 counters: counters::Counters::default(),
                 sessions: sessions::Sessions::default(),
                 policy_cache: policies::PolicyCache::default(),

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use warden_audit::sha256_hex;
 use warden_policy::cedar::{CallFacts, Policies, SessionFacts, Usage, Verdict};
 use warden_policy::{Classification, Decision, Grant, ImportCall, Operation};
-use warden_runtime::ImportPolicy;
+use warden_runtime::{HoldWait, ImportPolicy, ImportVerdict};
 use warden_store::{PolicyRecord, TenantStore};
 
 use crate::{Caller, Error, Result, Warden};
@@ -30,6 +30,10 @@ pub struct Faults {
     pub counters: AtomicBool,
     /// The action's input schema cannot be compiled.
     pub schema: AtomicBool,
+    /// The process "stops" right after an approval reaches quorum, before
+    /// the approved call runs (the call then runs on the next
+    /// [`Warden::resume_approvals`], as after a real restart).
+    pub stop_before_execution: AtomicBool,
 }
 
 impl Faults {
@@ -328,21 +332,30 @@ impl PolicyCache {
 pub(crate) struct CallPolicy {
     pub set: Arc<Policies>,
     pub facts: CallFacts,
+    /// How a held import call is stored and waited for; `None` refuses it.
+    pub hold: Option<crate::approvals::ImportHold>,
 }
 
 impl ImportPolicy for CallPolicy {
-    fn decide(&self, call: &ImportCall) -> Decision {
+    fn decide(&self, call: &ImportCall) -> ImportVerdict {
         match self.set.decide(&self.facts, Some(call)) {
-            Verdict::Allow { .. } => Decision::Allow,
-            Verdict::Deny { rule, reason, .. } => Decision::Deny { reason, rule },
-            // Mid-call approval is not built yet: a held import call is
-            // refused, saying so.
-            Verdict::Hold { rule, reason, .. } => Decision::Deny {
-                reason: format!(
-                    "{reason}; mid-call approval is not available yet, so the import call is refused"
-                ),
-                rule,
-            },
+            Verdict::Allow { .. } => ImportVerdict::Decided(Decision::Allow),
+            Verdict::Deny { rule, reason, .. } => {
+                ImportVerdict::Decided(Decision::Deny { reason, rule })
+            }
+            Verdict::Hold { rule, reason, .. } => ImportVerdict::Hold { reason, rule },
+        }
+    }
+
+    fn hold(&self, call: ImportCall, _seq: u32, reason: String, rule: String) -> HoldWait {
+        match &self.hold {
+            Some(h) => Box::pin(h.clone().wait(call, reason, rule)),
+            None => Box::pin(async move {
+                Err((
+                    rule,
+                    format!("{reason}; this call cannot wait for an approval, so it is refused"),
+                ))
+            }),
         }
     }
 }

@@ -16,6 +16,7 @@
 
 #![forbid(unsafe_code)]
 
+mod approvals;
 mod audit;
 mod records;
 mod tenant;
@@ -29,6 +30,7 @@ use std::time::Duration;
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
+pub use approvals::{ApprovalRecord, VoteOutcome, VoteRecord};
 pub use audit::{AuditBatch, AuditRow, Payload};
 pub use records::{
     AgentRecord, AgentStatus, DeploymentRecord, EventRecord, GrantRecord, PolicyRecord,

@@ -119,6 +119,10 @@ enum Command {
     /// The tenant's Cedar policy: set (validated, versioned), show, test.
     #[command(subcommand)]
     Policy(ops::PolicyCmd),
+    /// Held calls: list the ones you may decide, show one, approve, reject;
+    /// the requesting agent cancels or waits for the result.
+    #[command(subcommand)]
+    Approval(ops::ApprovalCmd),
     /// Agents, owners, status, renewal dates, idle flags and grants.
     Inventory,
     /// The tenant's governance history.
@@ -249,6 +253,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Inventory => ops::inventory(common).await,
         Command::History => ops::history(common).await,
         Command::Policy(c) => ops::policy(common, c).await,
+        Command::Approval(c) => ops::approval(common, c).await,
         Command::Audit(c) => ops::audit(common, c).await,
         Command::Token {
             credential,

@@ -13,6 +13,7 @@
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use warden_service::approvals::{ApprovalView, Vote};
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
@@ -695,6 +696,50 @@ impl Operator {
         }
     }
 
+    pub async fn approvals(&self, all: bool) -> Result<Vec<ApprovalView>, Error> {
+        match self {
+            Operator::Local { warden, caller } => warden.pending_approvals(caller, all).await,
+            Operator::Remote(r) => {
+                let mut url = r.url(&["approvals"]);
+                if all {
+                    url.set_query(Some("all=true"));
+                }
+                field(
+                    r.send(reqwest::Method::GET, url, None, true).await?,
+                    "approvals",
+                )
+            }
+        }
+    }
+
+    pub async fn approval(&self, id: &str) -> Result<ApprovalView, Error> {
+        match self {
+            Operator::Local { warden, caller } => warden.approval(caller, id).await,
+            Operator::Remote(r) => r.get(&["approvals", id]).await,
+        }
+    }
+
+    pub async fn decide_approval(
+        &self,
+        id: &str,
+        vote: Vote,
+        comment: &str,
+    ) -> Result<ApprovalView, Error> {
+        match self {
+            Operator::Local { warden, caller } => {
+                warden.decide_approval(caller, id, vote, comment).await
+            }
+            Operator::Remote(r) => {
+                let verb = match vote {
+                    Vote::Approve => "approve",
+                    Vote::Reject => "reject",
+                };
+                r.post(&["approvals", id, verb], json!({ "comment": comment }))
+                    .await
+            }
+        }
+    }
+
     pub async fn audit_rotate(&self, reason: &str) -> Result<u64, Error> {
         match self {
             Operator::Local { warden, caller } => warden.audit_rotate(caller, reason).await,
@@ -727,6 +772,18 @@ impl Remote {
 
     pub async fn actions(&self) -> Result<Vec<GrantedAction>, Error> {
         field(self.get(&["actions"]).await?, "actions")
+    }
+
+    /// Cancels the agent's own pending approval.
+    pub async fn cancel_approval(&self, id: &str) -> Result<ApprovalView, Error> {
+        self.post(&["approvals", id, "cancel"], json!({})).await
+    }
+
+    /// The agent's own approval, waiting up to `wait` seconds for its end.
+    pub async fn agent_approval(&self, id: &str, wait: u64) -> Result<ApprovalView, Error> {
+        let mut url = self.url(&["approvals", id]);
+        url.set_query(Some(&format!("wait={wait}")));
+        self.send(reqwest::Method::GET, url, None, true).await
     }
 
     /// One synchronous call; the answer is the report as JSON.

@@ -10,6 +10,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
+use warden_service::approvals::{ApprovalView, Vote};
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
@@ -279,6 +280,46 @@ pub enum PolicyCmd {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum ApprovalCmd {
+    /// Pending approvals you may decide (approver), with the exact payload;
+    /// `--all` adds the ones you may not, saying why. Viewers see all.
+    List {
+        #[arg(long)]
+        all: bool,
+    },
+    /// One approval with its votes and, once run, its result.
+    Show { id: String },
+    /// Vote to approve (as the principal whose key is used). On quorum the
+    /// held call runs once, now, and its outcome is printed.
+    Approve {
+        id: String,
+        #[arg(long, default_value = "")]
+        comment: String,
+    },
+    /// Vote to reject: any rejection vetoes.
+    Reject {
+        id: String,
+        #[arg(long, default_value = "")]
+        comment: String,
+    },
+    /// The requesting agent cancels its pending approval.
+    Cancel {
+        id: String,
+        #[arg(long, env = "WARDEN_TOKEN", hide_env_values = true)]
+        token: String,
+    },
+    /// The requesting agent waits (up to 60 s) for the held call's end and
+    /// prints it.
+    Wait {
+        id: String,
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        #[arg(long, env = "WARDEN_TOKEN", hide_env_values = true)]
+        token: String,
+    },
+}
+
 /// Exit codes of the data-directory commands (README, "Exit codes").
 mod exit {
     pub const FAILED: u8 = 1;
@@ -430,10 +471,35 @@ pub async fn serve(
             w.data_dir().display()
         ),
     }
+    // Held calls after a restart: approved ones run, in-flight ones are
+    // aborted and recorded, overdue ones expire.
+    match w.resume_approvals(true).await {
+        Ok(r) => {
+            for id in &r.aborted {
+                tracing::warn!(approval = %id, "approval aborted: the host restarted while it was in flight");
+            }
+            for id in &r.executed {
+                tracing::info!(approval = %id, "approved call run after the restart");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "resuming approvals failed"),
+    }
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;
     let addr = listener.local_addr()?;
+    let approvals = {
+        let w = w.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                if let Err(e) = w.resume_approvals(false).await {
+                    tracing::error!(error = %e, "approval sweep failed");
+                }
+            }
+        })
+    };
     let sweeper = {
         let w = w.clone();
         tokio::spawn(async move {
@@ -460,6 +526,7 @@ pub async fn serve(
     };
     let served = warden_rpc::serve(listener, state, shutdown).await;
     sweeper.abort();
+    approvals.abort();
     w.close().await;
     served.context("serving HTTP")?;
     Ok(ExitCode::SUCCESS)
@@ -1164,6 +1231,132 @@ pub async fn call(
         Ok(report) => crate::print_report(&report, common.json),
         Err(e) => Ok(fail(&e)),
     }
+}
+
+// ---- approvals ------------------------------------------------------------------------
+
+fn print_approval(v: &ApprovalView) {
+    let a = &v.approval;
+    println!(
+        "{} [{}] {} {}/{} by agent `{}`: {} of {} approvals; expires {}",
+        a.id,
+        a.kind,
+        a.status,
+        a.tool,
+        a.action,
+        a.agent,
+        v.approvals,
+        a.required,
+        date(a.expires_at)
+    );
+    println!("  why held: {} [{}]", a.reason, a.rule);
+    println!(
+        "  tool version {} (component {}), policy version {}",
+        a.version, a.component, a.policy_version
+    );
+    println!("  input: {}", a.input);
+    if let Some(i) = &a.import {
+        println!("  import call: {i}");
+    }
+    println!("  payload sha256: {}", a.payload_sha256);
+    for vote in &a.votes {
+        println!(
+            "  {} by principal:{} at {}{}",
+            vote.vote,
+            vote.principal,
+            date(vote.at),
+            if vote.comment.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", vote.comment)
+            }
+        );
+    }
+    if let Some(false) = v.may_decide {
+        println!(
+            "  you may not decide it: {}",
+            v.why_not.as_deref().unwrap_or("")
+        );
+    }
+    if let Some(r) = &a.result {
+        println!(
+            "  result: {}",
+            r.get("outcome").and_then(|o| o.as_str()).unwrap_or("?")
+        );
+        if let Some(o) = r.get("output").filter(|o| !o.is_null()) {
+            println!("  output: {o}");
+        }
+        if let Some(reason) = r.get("reason").and_then(|o| o.as_str()) {
+            println!("  reason: {reason}");
+        }
+    }
+}
+
+pub async fn approval(common: &Common, cmd: ApprovalCmd) -> anyhow::Result<ExitCode> {
+    let json = common.json;
+    let show = |v: &ApprovalView| -> Result<ExitCode, Error> {
+        if json {
+            return print_json(v);
+        }
+        print_approval(v);
+        Ok(ExitCode::SUCCESS)
+    };
+    if let ApprovalCmd::Cancel { id, token } | ApprovalCmd::Wait { id, token, .. } = &cmd {
+        let wait = match &cmd {
+            ApprovalCmd::Wait { seconds, .. } => Some(*seconds),
+            _ => None,
+        };
+        let target = Target::resolve(common)?;
+        let r = if let Some(server) = &target.server {
+            let remote = Remote::new(server, Some(token.to_owned()))?;
+            match wait {
+                Some(s) => remote.agent_approval(id, s).await,
+                None => remote.cancel_approval(id).await,
+            }
+        } else {
+            let opened = open(common).await?;
+            let w = opened.warden;
+            let r = match w.authenticate_agent(token).await {
+                Ok(s) => match wait {
+                    Some(secs) => w.agent_approval(&s, id, Duration::from_secs(secs)).await,
+                    None => w.cancel_approval(&s, id).await,
+                },
+                Err(e) => Err(e),
+            };
+            w.close().await;
+            r
+        };
+        return match r {
+            Ok(v) => Ok(show(&v).unwrap_or(ExitCode::FAILURE)),
+            Err(e) => Ok(fail(&e)),
+        };
+    }
+    with_operator!(common, |op| match &cmd {
+        ApprovalCmd::List { all } => match op.approvals(*all).await {
+            Ok(list) if json => print_json(&list),
+            Ok(list) => {
+                if list.is_empty() {
+                    println!("no pending approval for you to decide");
+                }
+                for v in &list {
+                    print_approval(v);
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => Err(e),
+        },
+        ApprovalCmd::Show { id } => op.approval(id).await.and_then(|v| show(&v)),
+        ApprovalCmd::Approve { id, comment } => op
+            .decide_approval(id, Vote::Approve, comment)
+            .await
+            .and_then(|v| show(&v)),
+        ApprovalCmd::Reject { id, comment } => op
+            .decide_approval(id, Vote::Reject, comment)
+            .await
+            .and_then(|v| show(&v)),
+        ApprovalCmd::Cancel { .. } | ApprovalCmd::Wait { .. } =>
+            Err(Error::Internal("unreachable approval command".into())),
+    })
 }
 
 // ---- audit ---------------------------------------------------------------------------
