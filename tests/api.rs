@@ -895,3 +895,195 @@ async fn policies_are_set_shown_and_tested_over_http() {
         "{v}"
     );
 }
+
+/// A held call over HTTP: the agent gets `held` with an approval id, the
+/// webhook hears of it, the approver lists it with the exact payload and
+/// approves; the agent long-polls its invocation and gets the result. The
+/// approver's identity is the key's, whatever the body says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_calls_are_approved_over_http_and_the_webhook_hears_of_them() {
+    // A webhook receiver on loopback: each request's body, in order.
+    let hook = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let hook_url = format!("http://{}/hook", hook.local_addr().expect("addr"));
+    let (tx, mut notes) = tokio::sync::mpsc::unbounded_channel::<Value>();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        loop {
+            let Ok((mut sock, _)) = hook.accept().await else {
+                return;
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let n = sock.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let len = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if body.len() >= len {
+                            let _ =
+                                tx.send(serde_json::from_str(&body[..len]).unwrap_or(Value::Null));
+                            let _ = sock
+                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                                .await;
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let a = api().await;
+    let d = a.deployer.clone();
+    let (s, v) = call(
+        &a,
+        Method::POST,
+        "/v1/principals",
+        Some(&d),
+        Some(json!({"name": "ann", "roles": ["approver"]})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let ann = v["api_key"].as_str().expect("key").to_owned();
+    let policy = r#"
+        @id("baseline") permit(principal, action in [Warden::Action::"invoke", Warden::Action::"invoke_unattended"], resource);
+        @id("long-texts-need-approval")
+        forbid(principal, action == Warden::Action::"invoke_unattended", resource in Warden::Tool::"text")
+        when { context.args.hasTag("text") && context.args.getTag("text") like "*long*" };
+        @id("ann-approves") permit(principal == Warden::Approver::"ann", action == Warden::Action::"approve", resource);
+    "#;
+    let (s, v) = call(
+        &a,
+        Method::PUT,
+        "/v1/policy",
+        Some(&d),
+        Some(json!({ "text": policy })),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = call(
+        &a,
+        Method::PUT,
+        "/v1/settings/approval_webhook",
+        Some(&d),
+        Some(json!({ "value": hook_url })),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+
+    let t = a.token.clone();
+    let (s, v) = call(
+        &a,
+        Method::POST,
+        "/v1/invoke",
+        Some(&t),
+        Some(json!({"tool": "text", "action": "word_count", "input": {"text": "a long one"}})),
+    )
+    .await;
+    assert_eq!(
+        (s, v["outcome"].as_str()),
+        (StatusCode::OK, Some("held")),
+        "{v}"
+    );
+    let id = v["approval_id"].as_str().expect("approval id").to_owned();
+    let inv = v["invocation_id"]
+        .as_str()
+        .expect("invocation id")
+        .to_owned();
+    let (s, v) = call(
+        &a,
+        Method::GET,
+        &format!("/v1/invocations/{inv}"),
+        Some(&t),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, v["status"].as_str()),
+        (StatusCode::OK, Some("held")),
+        "{v}"
+    );
+    let note = tokio::time::timeout(std::time::Duration::from_secs(10), notes.recv())
+        .await
+        .expect("webhook posted")
+        .expect("note");
+    assert_eq!(
+        (note["event"].as_str(), note["approval"].as_str()),
+        (Some("requested"), Some(id.as_str()))
+    );
+
+    let (s, v) = call(&a, Method::GET, "/v1/approvals", Some(&ann), None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["approvals"][0]["id"], id.as_str());
+    assert_eq!(v["approvals"][0]["input"], r#"{"text":"a long one"}"#);
+    assert_eq!(v["approvals"][0]["may_decide"], true);
+    // Neither the agent nor a builder may decide; a body naming someone
+    // else is refused as malformed, not believed.
+    let path = format!("/v1/approvals/{id}/approve");
+    let (s, _) = call(&a, Method::POST, &path, Some(&t), None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let b = a.builder.clone();
+    let (s, _) = call(&a, Method::POST, &path, Some(&b), None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _) = call(
+        &a,
+        Method::POST,
+        &path,
+        Some(&ann),
+        Some(json!({"approver": "alice"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+
+    // The agent long-polls while ann approves.
+    let poll_path = format!("/v1/invocations/{inv}?wait=30");
+    let poll = call(&a, Method::GET, &poll_path, Some(&t), None);
+    let approve = async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        call(
+            &a,
+            Method::POST,
+            &path,
+            Some(&ann),
+            Some(json!({"comment": "fine"})),
+        )
+        .await
+    };
+    let ((s1, polled), (s2, approved)) = tokio::join!(poll, approve);
+    assert_eq!(s2, StatusCode::OK, "{approved}");
+    assert_eq!(approved["status"], "executed", "{approved}");
+    assert_eq!(approved["votes"][0]["principal"], "ann");
+    assert_eq!(s1, StatusCode::OK, "{polled}");
+    assert_eq!(polled["status"], "completed", "{polled}");
+    assert_eq!(polled["outcome"], "ok", "{polled}");
+    assert_eq!(polled["output"]["words"], 3, "{polled}");
+    let note = tokio::time::timeout(std::time::Duration::from_secs(10), notes.recv())
+        .await
+        .expect("webhook posted")
+        .expect("note");
+    assert_eq!(note["event"], "approved");
+    // A second approval of the consumed request is refused.
+    let (s, _) = call(&a, Method::POST, &path, Some(&ann), None).await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    let (_, m) = call(&a, Method::GET, "/metrics", None, None).await;
+    let text = m["raw"].as_str().unwrap_or_default().to_owned();
+    assert!(text.contains("warden_approvals_pending 0"), "{text}");
+    assert!(
+        text.contains("warden_approval_transitions_total{outcome=\"executed\"} 1"),
+        "{text}"
+    );
+}

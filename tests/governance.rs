@@ -2513,7 +2513,7 @@ async fn restart_runs_approved_calls_once_and_aborts_suspended_ones() {
         ..e
     };
     let resumed = e.w.resume_approvals(true).await.expect("resume");
-    assert_eq!(resumed.executed, [id.clone()]);
+    assert_eq!(resumed.executed, std::slice::from_ref(&id));
     assert_eq!(resumed.aborted.len(), 1, "{resumed:?}");
     assert_eq!(runs(&e, &a.deployer, &inv).await, 1);
     let aborted =

@@ -5,7 +5,8 @@ Usage: mcp_client.py <stdio|http> <auto|legacy> <calls.json>
 Connection settings come from the environment: WARDEN_BIN, WARDEN_DATA_DIR,
 WARDEN_CACHE_DIR and WARDEN_TOKEN for stdio (the client launches `warden mcp`),
 WARDEN_MCP_URL and WARDEN_TOKEN for HTTP. `calls.json` is a list of
-[tool_name, arguments] pairs. Prints one JSON object: the listed tools with
+[tool_name, arguments] pairs; an argument "$approval" is replaced by the
+approval id the last held call answered with. Prints one JSON object: the listed tools with
 their schemas, and each call's isError, structuredContent and text.
 """
 
@@ -50,8 +51,14 @@ async def main() -> None:
                     "outputSchema": t.output_schema,
                 }
             )
+        approval = None
         for name, args in calls:
+            # "$approval" stands for the approval id the last held call
+            # answered with (its `warden/approval_id` meta).
+            args = {k: (approval if v == "$approval" else v) for k, v in args.items()}
             r = await client.call_tool(name, args)
+            if r.meta and r.meta.get("warden/approval_id"):
+                approval = r.meta["warden/approval_id"]
             out["results"].append(
                 {
                     "name": name,

@@ -159,7 +159,8 @@ impl ServerHandler for WardenMcp {
             Ok(r) => r,
             Err(e) => return Err(McpError::invalid_request(e.message, None)),
         };
-        Ok(tool_result(&serde_json::json!(report)).into())
+        let summary = report.outcome.reason();
+        Ok(tool_result(&serde_json::json!(report), &summary).into())
     }
 }
 
@@ -194,7 +195,12 @@ impl WardenMcp {
             Err(e) => return Ok(tool_error(opaque(&e))),
         };
         if let Some(result) = &view.approval.result {
-            return Ok(tool_result(result).into());
+            let summary = result
+                .get("summary")
+                .and_then(|s| s.as_str())
+                .unwrap_or("the approved call did not succeed")
+                .to_owned();
+            return Ok(tool_result(result, &summary).into());
         }
         let a = &view.approval;
         let text = match a.status.as_str() {
@@ -240,7 +246,7 @@ fn approval_tool() -> Tool {
 }
 
 /// A call's report (as JSON) as an MCP tool result.
-fn tool_result(report: &serde_json::Value) -> CallToolResult {
+fn tool_result(report: &serde_json::Value, summary: &str) -> CallToolResult {
     let get = |k: &str| report.get(k).cloned().unwrap_or(serde_json::Value::Null);
     let outcome = get("outcome");
     let approval = get("approval_id");
@@ -252,24 +258,24 @@ fn tool_result(report: &serde_json::Value) -> CallToolResult {
             CallToolResult::success(vec![ContentBlock::text(output.to_string())])
         }
     } else {
-        let reason = match (get("reason"), get("rule")) {
-            (serde_json::Value::String(r), serde_json::Value::String(rule)) => {
-                format!("{r} [{rule}]")
-            }
-            _ => format!("the call ended `{}`", outcome.as_str().unwrap_or("unknown")),
-        };
         let text = match (outcome.as_str(), approval.as_str()) {
             (Some("held"), Some(id)) => format!(
-                "held for human approval, nothing ran: {reason}. Approval id: {id}. Call the tool `{APPROVAL_TOOL}` with {{\"approval_id\": \"{id}\", \"wait_seconds\": 60}} to get the result once approvers decide."
+                "held for human approval, nothing ran: {summary}. Approval id: {id}. Call the tool `{APPROVAL_TOOL}` with {{\"approval_id\": \"{id}\", \"wait_seconds\": 60}} to get the result once approvers decide."
             ),
-            _ => reason,
+            _ => summary.to_owned(),
         };
         CallToolResult::error(vec![ContentBlock::text(text)])
     };
     // Tool output is untrusted content: say so on every answer.
     let mut meta = serde_json::Map::new();
     meta.insert("warden/untrusted".into(), serde_json::Value::Bool(true));
-    meta.insert("warden/invocation_id".into(), get("invocation_id"));
+    meta.insert(
+        "warden/invocation_id".into(),
+        report
+            .get("invocation_id")
+            .cloned()
+            .unwrap_or_else(|| "".into()),
+    );
     if let Some(id) = approval.as_str() {
         meta.insert("warden/approval_id".into(), id.into());
     }

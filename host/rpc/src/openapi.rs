@@ -49,7 +49,7 @@ pub const ROUTES: &[(&str, &str, Auth, &str)] = &[
         "get",
         "/v1/invocations/{id}",
         Auth::Agent,
-        "Status and result of one of the agent's invocations",
+        "Status and result of one of the agent's invocations; a held one answers `held` with its approval until the approved call ran (`?wait=<seconds>` long-polls, at most 60)",
     ),
     (
         "post",
@@ -110,6 +110,24 @@ pub const ROUTES: &[(&str, &str, Auth, &str)] = &[
         "/v1/policy/test",
         Auth::Operator,
         "Decide a hypothetical call (grant, then policy) and say why (viewer)",
+    ),
+    (
+        "get",
+        "/v1/approvals",
+        Auth::Operator,
+        "Pending held calls the approver may decide, with the exact payload (`?all=true` adds the others, saying why not); viewers see all",
+    ),
+    (
+        "get",
+        "/v1/approvals/{id}",
+        Auth::Operator,
+        "One approval with its votes and, once run, its result. The requesting agent may read its own with its access token, long-polling with `?wait=<seconds>` (at most 60)",
+    ),
+    (
+        "post",
+        "/v1/approvals/{id}/{verb}",
+        Auth::Operator,
+        "`approve` or `reject` (approver, body `{\"comment\": ...}` optional; on quorum the call runs once and the answer carries its result); `cancel` by the requesting agent with its access token",
     ),
     (
         "post",

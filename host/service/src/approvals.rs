@@ -824,8 +824,11 @@ impl Warden {
         let mut report = report;
         report.approval_id.clone_from(&a.id);
         let outcome = report.outcome.kind().to_owned();
-        let result = serde_json::to_value(&report)
+        let mut result = serde_json::to_value(&report)
             .map_err(|e| Error::Internal(format!("encoding the report: {e}")))?;
+        if let Some(o) = result.as_object_mut() {
+            o.insert("summary".into(), report.outcome.reason().into());
+        }
         desk.transition(
             &a,
             &["executing"],

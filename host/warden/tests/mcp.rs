@@ -22,6 +22,7 @@ struct Host {
     reader: String,
     /// Token of `spinner`: the hostile fixture, long deadline.
     spinner: String,
+    deployer: Caller,
 }
 
 fn cache() -> std::path::PathBuf {
@@ -133,6 +134,7 @@ async fn host() -> Host {
         writer,
         reader,
         spinner,
+        deployer,
     }
 }
 
@@ -202,7 +204,8 @@ async fn python_client_lists_and_calls_over_stdio_and_http_in_both_modes() {
                     "text__regex_extract",
                     "text__word_count",
                     "tickets__open_ticket",
-                    "tickets__read_ticket"
+                    "tickets__read_ticket",
+                    "warden_approval"
                 ],
                 "{ctx}"
             );
@@ -268,9 +271,86 @@ async fn python_client_lists_and_calls_over_stdio_and_http_in_both_modes() {
                 json!([["text__regex_extract", {"text": "a", "pattern": "a"}]]),
             )
         });
-        assert_eq!(names(&r), ["text__word_count"], "{transport}");
+        assert_eq!(
+            names(&r),
+            ["text__word_count", "warden_approval"],
+            "{transport}"
+        );
         assert_eq!(r["results"][0]["isError"], true, "{transport}");
     }
+}
+
+/// A held call through the official client: `isError` with the approval
+/// id and how to get the result; an approver approves meanwhile; the
+/// client's `warden_approval` call (long-polling) returns the tool's result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_client_sees_a_held_call_and_gets_the_result_after_approval() {
+    let h = host().await;
+    let w = h.warden.clone();
+    let (_, k) = w
+        .add_principal(&h.deployer, "acme", "carol", &["approver".into()])
+        .await
+        .expect("approver");
+    let carol = w.authenticate(&k).await.expect("key");
+    w.set_policy(
+        &h.deployer,
+        r#"
+        @id("baseline") permit(principal, action in [Warden::Action::"invoke", Warden::Action::"invoke_unattended", Warden::Action::"import", Warden::Action::"import_unattended"], resource);
+        @id("counting-secrets-needs-a-human")
+        forbid(principal, action == Warden::Action::"invoke_unattended", resource == Warden::ToolAction::"text/word_count")
+        when { context.args.hasTag("text") && context.args.getTag("text") like "*secret*" };
+        @id("carol") permit(principal == Warden::Approver::"carol", action == Warden::Action::"approve", resource);
+        "#,
+    )
+    .await
+    .expect("policy");
+    // carol approves the first hold she sees.
+    let approver = tokio::spawn(async move {
+        for _ in 0..1_500 {
+            if let Some(v) = w
+                .pending_approvals(&carol, false)
+                .await
+                .expect("list")
+                .pop()
+            {
+                assert_eq!(v.approval.input, r#"{"text":"the secret plan"}"#);
+                return w
+                    .decide_approval(
+                        &carol,
+                        &v.approval.id,
+                        warden_service::approvals::Vote::Approve,
+                        "ok",
+                    )
+                    .await
+                    .expect("approve");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("no hold appeared");
+    });
+    let calls = json!([
+        ["text__word_count", {"text": "the secret plan"}],
+        ["warden_approval", {"approval_id": "$approval", "wait_seconds": 30}],
+    ]);
+    let wtok = h.writer.clone();
+    let r = tokio::task::block_in_place(|| python(&h, "http", "auto", &wtok, calls));
+    let held = &r["results"][0];
+    assert_eq!(held["isError"], true, "{held}");
+    let text = held["text"][0].as_str().expect("text");
+    assert!(
+        text.contains("held for human approval") && text.contains("warden_approval"),
+        "{text}"
+    );
+    let id = held["meta"]["warden/approval_id"]
+        .as_str()
+        .expect("approval id");
+    assert!(text.contains(id), "{text}");
+    let done = &r["results"][1];
+    assert_eq!(done["isError"], false, "{done}");
+    assert_eq!(done["structuredContent"]["words"], 3, "{done}");
+    let approved = approver.await.expect("approver task");
+    assert_eq!(approved.approval.id, id);
+    assert_eq!(approved.approval.status, "executed");
 }
 
 /// CPU time (user + system, clock ticks) of a process.
