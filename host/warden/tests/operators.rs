@@ -449,6 +449,88 @@ when { context.args.hasTag("subject") && context.args.getTag("subject") like "*f
         "{fire:?}"
     );
 
+    // Urgent tickets need a human: the call is held; Pat (approver, named
+    // by the policy) lists it with its input and approves; the call ran once
+    // and the agent reads the result. Bob cannot decide.
+    let held_policy = pdir.path().join("held.cedar");
+    std::fs::write(
+        &held_policy,
+        r#"@id("baseline") permit(principal, action in [Warden::Action::"invoke", Warden::Action::"invoke_unattended", Warden::Action::"import", Warden::Action::"import_unattended"], resource);
+@id("urgent-needs-a-human") @reason("urgent tickets page someone")
+forbid(principal, action == Warden::Action::"invoke_unattended", resource == Warden::ToolAction::"tickets/open_ticket")
+when { context.args.hasTag("subject") && context.args.getTag("subject") like "*urgent*" };
+@id("pat-approves") permit(principal == Warden::Approver::"pat", action == Warden::Action::"approve", resource);
+"#,
+    )
+    .expect("write policy");
+    stdout(&run(
+        Some(&alice),
+        &["policy", "set", held_policy.to_str().expect("utf-8")],
+    ));
+    let pat = ok_json(&run(
+        Some(&alice),
+        &["principal", "add", "pat", "--role", "approver", "--json"],
+    ))["api_key"]
+        .as_str()
+        .expect("key")
+        .to_owned();
+    let held = run(
+        None,
+        &[
+            "call",
+            "tickets",
+            "open_ticket",
+            "--input",
+            r#"{"subject":"urgent: VPN down","body":"all of sales"}"#,
+            "--token",
+            &token,
+        ],
+    );
+    assert_eq!(held.status.code(), Some(3), "{held:?}");
+    let listed = ok_json(&run(Some(&pat), &["approval", "list", "--json"]));
+    let id = listed[0]["id"].as_str().expect("approval id").to_owned();
+    assert_eq!(
+        listed[0]["input"],
+        r#"{"subject":"urgent: VPN down","body":"all of sales"}"#
+    );
+    let shown = stdout(&run(Some(&pat), &["approval", "list"]));
+    assert!(
+        shown.contains(&id) && shown.contains("urgent tickets page someone"),
+        "{shown}"
+    );
+    assert_eq!(
+        run(Some(&bob), &["approval", "approve", &id]).status.code(),
+        Some(3)
+    );
+    let approved = stdout(&run(
+        Some(&pat),
+        &["approval", "approve", &id, "--comment", "paging ops"],
+    ));
+    assert!(
+        approved.contains("executed") && approved.contains("result: ok"),
+        "{approved}"
+    );
+    let waited = ok_json(&run(
+        None,
+        &[
+            "approval",
+            "wait",
+            &id,
+            "--seconds",
+            "1",
+            "--token",
+            &token,
+            "--json",
+        ],
+    ));
+    assert_eq!(waited["status"], "executed", "{waited}");
+    assert!(waited["result"]["output"]["id"].is_number(), "{waited}");
+    assert_eq!(
+        run(Some(&pat), &["approval", "approve", &id]).status.code(),
+        Some(2),
+        "a consumed approval is not approved again"
+    );
+
     // Alice (viewer too) reads the inventory and grants; Bob cannot.
     let inv = stdout(&run(Some(&alice), &["inventory"]));
     assert!(
