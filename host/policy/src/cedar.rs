@@ -490,12 +490,7 @@ impl Policies {
                     self.version
                 )
             } else {
-                format!(
-                    "forbidden by policy {} (version {}){}",
-                    policies.join(", "),
-                    self.version,
-                    self.why(&policies)
-                )
+                self.forbidden_by(&policies)
             };
             let rule = if policies.is_empty() {
                 "policy.default"
@@ -571,19 +566,7 @@ impl Policies {
             .map_err(|e| e.to_string())?,
         );
         let entities = Entities::from_entities(list, None).map_err(|e| e.to_string())?;
-        let secs = facts.now.rem_euclid(86_400);
-        let days = facts.now.div_euclid(86_400);
-        let time = RestrictedExpression::new_record(
-            [
-                ("unix", n_i(facts.now)),
-                ("hour", n_i(secs / 3600)),
-                ("minute", n_i(secs % 3600 / 60)),
-                ("weekday", n_i((days + 3).rem_euclid(7))),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v)),
-        )
-        .map_err(|e| e.to_string())?;
+        let time = time_record(facts.now)?;
         let context = Context::from_pairs(
             [
                 ("tenant", s(&facts.tenant)),
@@ -632,12 +615,7 @@ impl Policies {
                 facts.tool, facts.action, self.version
             )
         } else {
-            format!(
-                "forbidden by policy {} (version {}){}",
-                policies.join(", "),
-                self.version,
-                self.why(&policies)
-            )
+            self.forbidden_by(&policies)
         };
         Ok(Verdict::Deny {
             rule: "approval.authority".into(),
@@ -676,6 +654,16 @@ impl Policies {
             ),
             policies,
         })
+    }
+
+    /// "forbidden by policy a, b (version n): reasons".
+    fn forbidden_by(&self, policies: &[String]) -> String {
+        format!(
+            "forbidden by policy {} (version {}){}",
+            policies.join(", "),
+            self.version,
+            self.why(policies)
+        )
     }
 
     /// ": reason" from the `@reason` annotations of `policies`.
@@ -892,21 +880,31 @@ fn arg_tags(args: &serde_json::Value) -> ArgTags {
     (text, numbers)
 }
 
+/// `context.time` for Unix second `now` (UTC).
+fn time_record(now: i64) -> Result<RestrictedExpression, String> {
+    let secs = now.rem_euclid(86_400);
+    let days = now.div_euclid(86_400);
+    RestrictedExpression::new_record(
+        [
+            ("unix", n_i(now)),
+            ("hour", n_i(secs / 3600)),
+            ("minute", n_i(secs % 3600 / 60)),
+            // 0 = Monday; 1970-01-01 was a Thursday.
+            ("weekday", n_i((days + 3).rem_euclid(7))),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v)),
+    )
+    .map_err(|e| e.to_string())
+}
+
 /// The request context.
 fn context(t: &Types, f: &CallFacts, call: Option<&ImportCall>) -> Result<Context, String> {
     let rec = |pairs: Vec<(&str, RestrictedExpression)>| {
         RestrictedExpression::new_record(pairs.into_iter().map(|(k, v)| (k.to_owned(), v)))
             .map_err(|e| e.to_string())
     };
-    let secs = f.now.rem_euclid(86_400);
-    let days = f.now.div_euclid(86_400);
-    let time = rec(vec![
-        ("unix", n_i(f.now)),
-        ("hour", n_i(secs / 3600)),
-        ("minute", n_i(secs % 3600 / 60)),
-        // 0 = Monday; 1970-01-01 was a Thursday.
-        ("weekday", n_i((days + 3).rem_euclid(7))),
-    ])?;
+    let time = time_record(f.now)?;
     let counters = rec(vec![
         ("minute", n(f.usage.minute)),
         ("hour", n(f.usage.hour)),

@@ -569,12 +569,26 @@ impl Warden {
         }
     }
 
-    /// Why principal `p` may not vote on `a`, or `None` if they may: the agent's
-    /// owner (unless relaxed), no policy in force, a changed policy, or no
-    /// Cedar permit for `approve`.
-    async fn why_not(
+    /// The policy set that gives approval authority now, or why no one has
+    /// any (no policy in force, or it cannot be read).
+    async fn authority(&self, store: &TenantStore) -> Result<Authority> {
+        let generation = store.call_generation().await?;
+        Ok(match self.policies_in_force(store, generation).await {
+            Ok(Some(set)) if !set.is_empty() => Ok(set),
+            Ok(_) => Err((
+                "approval.authority".into(),
+                "no policy is in force, so no one has approval authority (a Cedar `approve` permit names who may decide)".into(),
+            )),
+            Err(reason) => Err(("policy.store".into(), reason)),
+        })
+    }
+
+    /// Why principal `p` may not vote on `a`, or `None` if they may: the
+    /// agent's owner (unless relaxed), no authority, or no Cedar permit for
+    /// `approve`.
+    fn why_not(
         &self,
-        store: &TenantStore,
+        authority: &Authority,
         p: &crate::Principal,
         a: &ApprovalRecord,
         relaxed: bool,
@@ -585,20 +599,12 @@ impl Warden {
         {
             return Ok(Some(("approval.owner".into(), e)));
         }
-        let generation = store.call_generation().await?;
-        let set = match self.policies_in_force(store, generation).await {
-            Ok(Some(set)) if !set.is_empty() => set,
-            Ok(_) => {
-                return Ok(Some((
-                    "approval.authority".into(),
-                    "no policy is in force, so no one has approval authority (a Cedar `approve` permit names who may decide)".into(),
-                )));
-            }
-            Err(reason) => return Ok(Some(("policy.store".into(), reason))),
+        let set = match authority {
+            Ok(set) => set,
+            Err(why) => return Ok(Some(why.clone())),
         };
-        let facts: CallFacts = serde_json::from_value(a.facts.clone())
+        let mut facts: CallFacts = serde_json::from_value(a.facts.clone())
             .map_err(|e| Error::Internal(format!("stored facts of approval {}: {e}", a.id)))?;
-        let mut facts = facts;
         facts.now = self.now();
         match set.decide_approver(&p.name, &facts, &a.kind) {
             Verdict::Allow { .. } => Ok(None),
@@ -623,6 +629,7 @@ impl Warden {
         for a in store.agents().await? {
             owners.insert(a.id, a.owner_id);
         }
+        let authority = self.authority(&store).await?;
         let mut out = Vec::new();
         for a in store.approvals(&["pending"], MAX_LIST).await? {
             if a.expires_at <= self.now() {
@@ -632,7 +639,7 @@ impl Warden {
             let mut v = ApprovalView::of(a);
             if approver {
                 let owner = owners.get(&v.approval.agent_id).map(String::as_str);
-                let why = self.why_not(&store, p, &v.approval, relaxed, owner).await?;
+                let why = self.why_not(&authority, p, &v.approval, relaxed, owner)?;
                 let voted = v.approval.votes.iter().any(|x| x.principal_id == p.id);
                 let why = why
                     .map(|w| w.1)
@@ -696,7 +703,8 @@ impl Warden {
         let settings = load_settings(&store).await?;
         let owner = store.agent_by_id(&a.agent_id).await?.owner_id;
         let relaxed = settings.relaxed(SeparationRule::ApproveOwnAgent);
-        if let Some((rule, reason)) = self.why_not(&store, p, &a, relaxed, Some(&owner)).await? {
+        let authority = self.authority(&store).await?;
+        if let Some((rule, reason)) = self.why_not(&authority, p, &a, relaxed, Some(&owner))? {
             let mut e = entry(store.name(), "approval.refused", &caller.actor(), &a);
             add_detail(
                 &mut e,
@@ -1001,6 +1009,9 @@ impl Warden {
         }
     }
 }
+
+/// The policy set giving approval authority, or (rule, reason) why none.
+type Authority = std::result::Result<Arc<warden_policy::cedar::Policies>, (String, String)>;
 
 fn unknown(id: &str) -> Error {
     Error::NotFound(format!("approval `{id}`"))
