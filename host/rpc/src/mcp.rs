@@ -6,7 +6,10 @@
 //! the tool's own `describe`. `tools/call` runs the same guarded path as the
 //! HTTP API (`api::run_call`). Tool-level failures and denials are
 //! `isError: true` results with a clear text; authentication problems are
-//! protocol errors. A cancelled request (`notifications/cancelled`, or the HTTP
+//! protocol errors. A held call answers `isError: true` with its approval id
+//! (the built-in tool `warden_approval` then returns the result), or, for a
+//! client that declares the tasks extension (SEP-2663), a task whose id is
+//! the approval id (`tasks/get`, `tasks/cancel`). A cancelled request (`notifications/cancelled`, or the HTTP
 //! stream closing) drops the call's future, which stops its wasm execution at
 //! once: nothing polls the fiber again and its instance is discarded.
 
@@ -15,9 +18,10 @@ use std::sync::Arc;
 use rmcp::ErrorData as McpError;
 use rmcp::handler::server::ServerHandler;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
-    InitializeResult, JsonObject, ListToolsResult, PaginatedRequestParams, ServerCapabilities,
-    ServerConfig, Tool,
+    CallToolRequestParams, CallToolResponse, CallToolResult, CancelTaskParams, ContentBlock,
+    CreateTaskResult, DetailedTask, GetTaskParams, GetTaskResult, Implementation, InitializeResult,
+    JsonObject, ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Task,
+    TaskPayload, TaskStatus, Tool,
 };
 use rmcp::service::{RequestContext, RoleServer};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
@@ -83,7 +87,14 @@ fn object(v: &serde_json::Value) -> Option<JsonObject> {
 
 impl ServerHandler for WardenMcp {
     fn get_info(&self) -> ServerConfig {
-        InitializeResult::new(ServerCapabilities::builder().enable_tools().build())
+        // The tasks extension (SEP-2663): a held call becomes a task (its
+        // id is the approval id) for clients that declare the extension.
+        InitializeResult::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_tasks()
+                .build(),
+        )
             .with_server_info(Implementation::new("warden", env!("CARGO_PKG_VERSION")))
             .with_instructions(
                 "Warden runs sandboxed tools. Each tool here is one action you were granted, named <tool>__<action>.",
@@ -160,8 +171,136 @@ impl ServerHandler for WardenMcp {
             Err(e) => return Err(McpError::invalid_request(e.message, None)),
         };
         let summary = report.outcome.reason();
+        let tasks = ctx
+            .client_capabilities()
+            .is_some_and(|c| c.supports_tasks());
+        if tasks && !report.approval_id.is_empty() {
+            // A held call, for a client that speaks tasks: a task it polls
+            // with tasks/get (and may cancel with tasks/cancel).
+            let now = iso8601(self.state.warden.now());
+            let task = Task::new(
+                report.approval_id.clone(),
+                TaskStatus::Working,
+                now.clone(),
+                now,
+            )
+            .with_status_message(format!("held for human approval: {summary}"))
+            .with_poll_interval_ms(1_000);
+            let mut meta = serde_json::Map::new();
+            meta.insert(
+                "warden/approval_id".into(),
+                report.approval_id.clone().into(),
+            );
+            meta.insert(
+                "warden/invocation_id".into(),
+                report.invocation_id.clone().into(),
+            );
+            return Ok(CallToolResponse::Task(
+                CreateTaskResult::new(task).with_meta(rmcp::model::MetaObject(meta)),
+            ));
+        }
         Ok(tool_result(&serde_json::json!(report), &summary).into())
     }
+
+    async fn get_task(
+        &self,
+        request: GetTaskParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<GetTaskResult, McpError> {
+        let session = self.session(&ctx).await?;
+        let view = self
+            .state
+            .warden
+            .agent_approval(&session, &request.task_id, std::time::Duration::ZERO)
+            .await
+            .map_err(|e| McpError::invalid_params(opaque(&e), None))?;
+        Ok(GetTaskResult::new(task_of(&view)))
+    }
+
+    async fn cancel_task(
+        &self,
+        request: CancelTaskParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        let session = self.session(&ctx).await?;
+        self.state
+            .warden
+            .cancel_approval(&session, &request.task_id)
+            .await
+            .map(|_| ())
+            .map_err(|e| McpError::invalid_params(opaque(&e), None))
+    }
+}
+
+/// A held call's approval as a task: working while undecided or running;
+/// completed with the tool's result once run, or with an `isError` result
+/// once rejected, expired or aborted; cancelled when the agent cancelled.
+fn task_of(view: &warden_service::approvals::ApprovalView) -> DetailedTask {
+    let a = &view.approval;
+    let created = iso8601(a.created_at);
+    let updated = iso8601(a.finished_at.or(a.decided_at).unwrap_or(a.created_at));
+    let task =
+        Task::new(a.id.clone(), TaskStatus::Working, created, updated).with_poll_interval_ms(1_000);
+    let object = |r: CallToolResult| match serde_json::to_value(r) {
+        Ok(serde_json::Value::Object(o)) => o,
+        _ => JsonObject::new(),
+    };
+    let (message, payload) = match (a.status.as_str(), &a.result) {
+        (_, Some(result)) => {
+            let summary = result
+                .get("summary")
+                .and_then(|s| s.as_str())
+                .unwrap_or("the approved call did not succeed")
+                .to_owned();
+            (
+                format!("approved and run: {summary}"),
+                TaskPayload::Completed {
+                    result: object(tool_result(result, &summary)),
+                },
+            )
+        }
+        ("cancelled", None) => ("cancelled by the agent".to_owned(), TaskPayload::Cancelled),
+        ("pending", None) => (
+            format!(
+                "held for human approval: {} of {} approvals; expires at {} (unix)",
+                view.approvals, a.required, a.expires_at
+            ),
+            TaskPayload::Working,
+        ),
+        ("approved" | "executing", None) => ("approved; running".to_owned(), TaskPayload::Working),
+        (other, None) => {
+            let text = format!("approval {} is {other}; the held call did not run", a.id);
+            (
+                text.clone(),
+                TaskPayload::Completed {
+                    result: object(CallToolResult::error(vec![ContentBlock::text(text)])),
+                },
+            )
+        }
+    };
+    DetailedTask::new(task.with_status_message(message), payload)
+}
+
+/// Unix seconds as an ISO 8601 UTC timestamp.
+fn iso8601(secs: i64) -> String {
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 impl WardenMcp {
@@ -331,4 +470,15 @@ pub async fn serve_stdio(state: AppState, token: String) -> std::io::Result<()> 
         .await
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn iso8601_dates() {
+        assert_eq!(super::iso8601(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::iso8601(1_763_800_000), "2025-11-22T08:26:40Z");
+        // A leap day.
+        assert_eq!(super::iso8601(951_782_400), "2000-02-29T00:00:00Z");
+    }
 }

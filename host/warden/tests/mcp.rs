@@ -353,6 +353,136 @@ async fn python_client_sees_a_held_call_and_gets_the_result_after_approval() {
     assert_eq!(approved.approval.status, "executed");
 }
 
+/// The tasks extension (SEP-2663), for a client that declares it: a held
+/// call answers with a task (its id is the approval id); `tasks/get` says
+/// `working` until an approver approves, then `completed` with the tool's
+/// result; `tasks/cancel` withdraws another held call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_declaring_tasks_gets_a_task_for_a_held_call() {
+    let h = host().await;
+    let w = h.warden.clone();
+    let (_, k) = w
+        .add_principal(&h.deployer, "acme", "carol", &["approver".into()])
+        .await
+        .expect("approver");
+    let carol = w.authenticate(&k).await.expect("key");
+    w.set_policy(
+        &h.deployer,
+        r#"
+        @id("baseline") permit(principal, action in [Warden::Action::"invoke", Warden::Action::"invoke_unattended"], resource);
+        @id("secrets-need-a-human")
+        forbid(principal, action == Warden::Action::"invoke_unattended", resource == Warden::ToolAction::"text/word_count")
+        when { context.args.hasTag("text") && context.args.getTag("text") like "*secret*" };
+        @id("carol") permit(principal == Warden::Approver::"carol", action == Warden::Action::"approve", resource);
+        "#,
+    )
+    .await
+    .expect("policy");
+    let addr = h
+        .url
+        .trim_start_matches("http://")
+        .trim_end_matches("/mcp")
+        .to_owned();
+    let token = h.writer.clone();
+    let rpc = |id: u32, method: &'static str, mut params: Value| {
+        let addr = addr.clone();
+        let token = token.clone();
+        async move {
+            params["_meta"] = json!({
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "0"},
+                "io.modelcontextprotocol/clientCapabilities": {
+                    "extensions": {"io.modelcontextprotocol/tasks": {}}
+                }
+            });
+            let mut headers = vec![
+                ("Authorization", format!("Bearer {token}")),
+                ("MCP-Protocol-Version", "2026-07-28".into()),
+                ("Mcp-Method", method.to_owned()),
+            ];
+            if let Some(name) = params["name"].as_str().or(params["taskId"].as_str()) {
+                headers.push(("Mcp-Name", name.to_owned()));
+            }
+            let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+            let raw = post_mcp(&addr, &body.to_string(), &headers).await;
+            // The answer: the JSON-RPC message, plain or as one SSE event.
+            let start = raw
+                .find("{\"")
+                .unwrap_or_else(|| panic!("no JSON in {raw}"));
+            let end = raw.rfind('}').expect("end of JSON");
+            let v: Value =
+                serde_json::from_str(&raw[start..=end]).unwrap_or_else(|e| panic!("{e}: {raw}"));
+            v
+        }
+    };
+    let held = rpc(
+        1,
+        "tools/call",
+        json!({"name": "text__word_count", "arguments": {"text": "the secret plan"}}),
+    )
+    .await;
+    let result = &held["result"];
+    assert_eq!(result["resultType"], "task", "{held}");
+    let task = result["taskId"].as_str().expect("task id").to_owned();
+    assert!(task.starts_with("apr_"), "{held}");
+    assert_eq!(result["status"], "working", "{held}");
+    let got = rpc(2, "tasks/get", json!({"taskId": task})).await;
+    assert_eq!(got["result"]["status"], "working", "{got}");
+    w.decide_approval(
+        &carol,
+        &task,
+        warden_service::approvals::Vote::Approve,
+        "fine",
+    )
+    .await
+    .expect("approve");
+    let got = rpc(3, "tasks/get", json!({"taskId": task})).await;
+    assert_eq!(got["result"]["status"], "completed", "{got}");
+    assert_eq!(
+        got["result"]["result"]["structuredContent"]["words"], 3,
+        "{got}"
+    );
+    // Another held call, cancelled by the agent through tasks/cancel.
+    let held = rpc(
+        4,
+        "tools/call",
+        json!({"name": "text__word_count", "arguments": {"text": "another secret"}}),
+    )
+    .await;
+    let other = held["result"]["taskId"]
+        .as_str()
+        .expect("task id")
+        .to_owned();
+    let cancelled = rpc(5, "tasks/cancel", json!({"taskId": other})).await;
+    assert!(cancelled.get("error").is_none(), "{cancelled}");
+    let got = rpc(6, "tasks/get", json!({"taskId": other})).await;
+    assert_eq!(got["result"]["status"], "cancelled", "{got}");
+    // Another agent's task is unknown to this one.
+    let reader = h.reader.clone();
+    let body = json!({"jsonrpc": "2.0", "id": 7, "method": "tasks/get", "params": {
+    "taskId": task,
+    "_meta": {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "0"},
+        "io.modelcontextprotocol/clientCapabilities": {"extensions": {"io.modelcontextprotocol/tasks": {}}}
+    }}});
+    let raw = post_mcp(
+        &addr,
+        &body.to_string(),
+        &[
+            ("Authorization", format!("Bearer {reader}")),
+            ("MCP-Protocol-Version", "2026-07-28".into()),
+            ("Mcp-Method", "tasks/get".into()),
+            ("Mcp-Name", task.clone()),
+        ],
+    )
+    .await;
+    assert!(
+        raw.contains("\"error\"") && raw.contains("not found"),
+        "{raw}"
+    );
+}
+
 /// CPU time (user + system, clock ticks) of a process.
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
