@@ -270,7 +270,6 @@ pub(crate) struct HoldRequest {
     pub rule: String,
     pub reason: String,
     pub policies: Vec<String>,
-    pub facts: CallFacts,
 }
 
 /// What storing a hold needs, without borrowing the [`Warden`] (a hold
@@ -292,9 +291,9 @@ impl std::fmt::Debug for HoldDesk {
 }
 
 impl HoldDesk {
-    /// Stores a new pending hold and records it (`approval.requested`);
-    /// returns the row.
-    pub async fn request(&self, h: HoldRequest) -> Result<ApprovalRecord> {
+    /// Stores a new pending hold of a call the policy decided on `facts`
+    /// and records it (`approval.requested`); returns the row.
+    pub async fn request(&self, h: HoldRequest, facts: &CallFacts) -> Result<ApprovalRecord> {
         let settings = load_settings(&self.store).await?;
         let now = (self.clock)();
         let mut a = ApprovalRecord {
@@ -316,7 +315,7 @@ impl HoldDesk {
             rule: h.rule,
             reason: h.reason,
             policies: h.policies,
-            facts: serde_json::to_value(&h.facts)
+            facts: serde_json::to_value(facts)
                 .map_err(|e| Error::Internal(format!("encoding the call's facts: {e}")))?,
             required: i64::from(settings.approvals_required),
             created_at: now,
@@ -374,8 +373,25 @@ impl HoldDesk {
         {
             return Ok(false);
         }
+        self.recorded(a, to, actor, detail, Vec::new()).await?;
+        Ok(true)
+    }
+
+    /// Records that `a` moved to `to` (already stored): the audit entry
+    /// (`approval.<to>`, by `actor`, with the voters in `approvals`), the
+    /// metrics, the webhook note for a decision, and the waiters' wake-up.
+    pub async fn recorded(
+        &self,
+        a: &ApprovalRecord,
+        to: &str,
+        actor: &str,
+        detail: serde_json::Value,
+        approvals: Vec<String>,
+    ) -> Result<()> {
+        let now = (self.clock)();
         let mut e = entry(self.store.name(), &format!("approval.{to}"), actor, a);
         add_detail(&mut e, detail);
+        e.approvals = approvals;
         self.audit.append(&self.store, e, None).await?;
         let decision = matches!(to, "approved" | "rejected" | "expired" | "cancelled");
         self.hub.count(
@@ -395,7 +411,7 @@ impl HoldDesk {
         if FINAL.contains(&to) {
             self.hub.forget(&a.id);
         }
-        Ok(true)
+        Ok(())
     }
 
     /// Expires `a` if it is still pending past its expiry; `true` if it did.
@@ -463,6 +479,7 @@ impl ImportHold {
     /// expiry), and consumes an approval. `Err((rule, reason))` refuses.
     pub async fn wait(
         self,
+        facts: CallFacts,
         call: ImportCall,
         reason: String,
         rule: String,
@@ -479,7 +496,7 @@ impl ImportHold {
             Some(serde_json::to_value(&call).map_err(|e| failed(Error::Internal(e.to_string())))?);
         h.reason = reason;
         h.rule = rule;
-        let a = self.desk.request(h).await.map_err(failed)?;
+        let a = self.desk.request(h, &facts).await.map_err(failed)?;
         let ttl = Duration::from_secs(u64::try_from(a.expires_at - a.created_at).unwrap_or(0));
         // Past the expiry the wait ends as expired; a little slack lets the
         // expiry itself be recorded.
@@ -734,14 +751,14 @@ impl Warden {
         };
         match store.vote_approval(id, &v).await? {
             VoteOutcome::Expired => {
-                let mut e = entry(store.name(), "approval.expired", "system", &a);
-                add_detail(
-                    &mut e,
+                desk.recorded(
+                    &a,
+                    "expired",
+                    "system",
                     serde_json::json!({ "reason": "no decision before the expiry" }),
-                );
-                self.audit.append(&store, e, None).await?;
-                self.hub.count("expired", None);
-                self.hub.wake(id);
+                    Vec::new(),
+                )
+                .await?;
                 Err(Error::Conflict(format!(
                     "approval `{id}` expired before this vote; expiry is a rejection"
                 )))
@@ -759,12 +776,6 @@ impl Warden {
                 self.audit.append(&store, e, None).await?;
                 if status != "pending" {
                     // The vote moved the row; record the decision it made.
-                    let mut e = entry(
-                        store.name(),
-                        &format!("approval.{status}"),
-                        &caller.actor(),
-                        &a,
-                    );
                     let voters: Vec<String> = store
                         .approval(id)
                         .await?
@@ -772,16 +783,8 @@ impl Warden {
                         .iter()
                         .map(|v| format!("principal:{}", v.principal))
                         .collect();
-                    e.approvals = voters;
-                    self.audit.append(&store, e, None).await?;
-                    self.hub.count(&status, Some(self.now() - a.created_at));
-                    let mut moved = a.clone();
-                    moved.status.clone_from(&status);
-                    self.hub.notify_webhook(
-                        settings.approval_webhook.clone(),
-                        note(store.name(), &status, &moved),
-                    );
-                    self.hub.wake(id);
+                    desk.recorded(&a, &status, &caller.actor(), serde_json::json!({}), voters)
+                        .await?;
                 }
                 if status == "approved"
                     && a.kind == "call"

@@ -519,7 +519,7 @@ impl Warden {
         );
         // What a hold of this call would record (and what an approval of it
         // must match).
-        let hold_base = |policy_version: i64, facts: CallFacts| crate::approvals::HoldRequest {
+        let hold_base = |policy_version: i64| crate::approvals::HoldRequest {
             kind: "call",
             session: session.clone(),
             data_session: data_session.2.clone(),
@@ -534,7 +534,6 @@ impl Warden {
             rule: String::new(),
             reason: String::new(),
             policies: Vec::new(),
-            facts,
         };
         let declared = manifest.actions.iter().find(|a| a.name == action);
         // The refusal stands unless the tenant's policy holds the call for
@@ -707,7 +706,7 @@ impl Warden {
                 };
                 let import_hold = crate::approvals::ImportHold {
                     desk: self.desk(&store),
-                    base: hold_base(set.version(), facts.clone()),
+                    base: hold_base(set.version()),
                 };
                 let verdict = match (verdict, approved) {
                     // The approval releases exactly this hold.
@@ -754,7 +753,7 @@ impl Warden {
                         h.rule.clone_from(&rule);
                         h.reason.clone_from(&reason);
                         h.policies = policies;
-                        let a = match import_hold.desk.request(h).await {
+                        let a = match import_hold.desk.request(h, &facts).await {
                             Ok(a) => a,
                             Err(e) => {
                                 let mut d = refusal();

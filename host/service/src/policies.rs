@@ -349,7 +349,7 @@ impl ImportPolicy for CallPolicy {
 
     fn hold(&self, call: ImportCall, _seq: u32, reason: String, rule: String) -> HoldWait {
         match &self.hold {
-            Some(h) => Box::pin(h.clone().wait(call, reason, rule)),
+            Some(h) => Box::pin(h.clone().wait(self.facts.clone(), call, reason, rule)),
             None => Box::pin(async move {
                 Err((
                     rule,
