@@ -86,21 +86,32 @@ impl Chain {
         records: impl IntoIterator<Item = &'a Record>,
     ) -> Result<Chain, String> {
         let mut c = Chain::new(tenant);
+        c.extend(records)?;
+        Ok(c)
+    }
+
+    /// Replays further stored records (in order, continuing this chain:
+    /// entries another writer appended), checking the links as it goes. On
+    /// error the chain may have advanced part way; resume it from scratch.
+    pub fn extend<'a>(
+        &mut self,
+        records: impl IntoIterator<Item = &'a Record>,
+    ) -> Result<(), String> {
         for r in records {
             let e = Entry::decode(r.body.as_bytes())
                 .map_err(|e| format!("stored audit entry {}: {e}", r.seq))?;
-            if e.seq != c.next_seq || e.prev != c.head {
+            if e.seq != self.next_seq || e.prev != self.head {
                 return Err(format!(
                     "stored audit entry {} does not continue the chain; run `warden audit verify`",
                     r.seq
                 ));
             }
-            c.advance(r.body.as_bytes());
+            self.advance(r.body.as_bytes());
             if e.kind == "key.rotate" {
-                c.since_rotation = 0;
+                self.since_rotation = 0;
             }
         }
-        Ok(c)
+        Ok(())
     }
 
     fn advance(&mut self, body: &[u8]) {

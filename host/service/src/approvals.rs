@@ -280,6 +280,8 @@ pub(crate) struct HoldDesk {
     pub audit: Arc<AuditLog>,
     pub hub: Arc<Hub>,
     pub clock: Clock,
+    /// This process's node id: it owns the holds it keeps in flight.
+    pub node: Arc<str>,
 }
 
 impl std::fmt::Debug for HoldDesk {
@@ -324,6 +326,9 @@ impl HoldDesk {
             decided_at: None,
             finished_at: None,
             result: None,
+            // A hold inside a call is in flight here from the start.
+            owner_node: Some(self.node.to_string()),
+            heartbeat_at: Some(now),
             votes: Vec::new(),
         };
         a.payload_sha256 = payload_sha256(self.store.name(), &a);
@@ -368,7 +373,14 @@ impl HoldDesk {
         let now = (self.clock)();
         if !self
             .store
-            .move_approval(&a.id, from, to, now, result)
+            .move_approval(
+                &a.id,
+                from,
+                to,
+                now,
+                result,
+                (to == "executing").then_some(&*self.node),
+            )
             .await?
         {
             return Ok(false);
@@ -583,6 +595,7 @@ impl Warden {
             audit: self.audit.clone(),
             hub: self.hub.clone(),
             clock: self.clock.clone(),
+            node: self.node.clone(),
         }
     }
 
@@ -945,15 +958,31 @@ impl Warden {
     /// effect may or may not have happened; they are never re-run).
     pub async fn resume_approvals(&self, startup: bool) -> Result<ResumeReport> {
         let mut out = ResumeReport::default();
+        let now = self.now();
         for tenant in self.store.tenant_names().await? {
             let store = self.store.tenant(&tenant).await?;
             let desk = self.desk(&store);
+            if self.store.is_postgres() {
+                store.heartbeat_approvals(&self.node, now).await?;
+            }
             for a in store
                 .approvals(&["pending", "approved", "executing"], MAX_LIST)
                 .await?
             {
                 let in_flight = a.kind == "import" || a.status == "executing";
-                if startup && in_flight {
+                // Which in-flight holds are dead: with one process per data
+                // directory (SQLite), every one found at start (the process
+                // that held it is gone); with several nodes sharing a
+                // database, only those whose owner stopped beating (its own
+                // are kept alive here).
+                let dead = if self.store.is_postgres() {
+                    a.owner_node.as_deref() != Some(&*self.node)
+                        && a.heartbeat_at
+                            .is_none_or(|h| now - h > HEARTBEAT_STALE_SECS)
+                } else {
+                    startup
+                };
+                if dead && in_flight {
                     let reason = if a.kind == "import" {
                         "the host restarted while the call waited for this approval; the call was aborted"
                     } else {
@@ -1015,6 +1044,16 @@ impl Warden {
 
 /// The policy set giving approval authority, or (rule, reason) why none.
 type Authority = std::result::Result<Arc<warden_policy::cedar::Policies>, (String, String)>;
+
+/// An in-flight hold whose owner has not beaten for this long is taken
+/// for dead (its process is gone) and aborted by another node. Owners beat
+/// on every `resume_approvals` sweep (every 5 s in `warden serve`).
+pub const HEARTBEAT_STALE_SECS: i64 = 30;
+
+/// A fresh node id for this process.
+pub(crate) fn new_node_id() -> Result<String> {
+    Ok(format!("node_{}", &new_id()?[4..]))
+}
 
 fn unknown(id: &str) -> Error {
     Error::NotFound(format!("approval `{id}`"))

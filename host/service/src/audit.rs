@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use warden_audit::{Chain, Entry, KeyFile, KeyPair, Record, sha256_hex};
-use warden_store::{AuditBatch, AuditRow, Payload, TenantStore};
+use warden_store::{AuditBatch, AuditRow, AuditSession, Payload, TenantStore};
 
 use crate::secrets::TenantSecrets;
 use crate::{Error, Result};
@@ -461,149 +461,172 @@ impl Writer {
         }
     }
 
-    /// Seals and commits one batch; retries when another process appended
-    /// meanwhile. Returns, per message, its entry's seq (or the log size).
-    async fn commit(&self, st: &mut State, msgs: &[Msg], idle: bool) -> Result<Vec<u64>> {
-        for _attempt in 0..5 {
-            let mut chain = st.chain.clone();
-            let mut keys = st.keys.clone();
-            let first_seq = chain.size();
-            let mut records = Vec::new();
-            let mut payloads = Vec::new();
-            let mut seqs = Vec::with_capacity(msgs.len());
-            let mut rotated = false;
-            let now = now_ms();
-
-            // Governance history first: it happened before these calls ended.
-            let events = self.store.events_after(st.events_seq, 1000).await?;
-            let events_seq = events.last().map(|e| e.seq);
-            for ev in &events {
-                let mut e = Entry::new(
-                    &self.tenant,
-                    "governance",
-                    &ev.actor,
-                    ev.at.saturating_mul(1000),
-                );
-                e.decision = Some(ev.action.clone());
-                e.detail = serde_json::json!({
-                    "event": ev.seq,
-                    "action": ev.action,
-                    "subject": ev.subject,
-                    "detail": ev.detail,
-                });
-                records.push(
-                    chain
-                        .seal(e, keys.current().map_err(Error::Internal)?)
-                        .map_err(Error::Internal)?,
-                );
+    /// Picks up what other writers (processes, nodes) appended since this
+    /// writer's head, under the session's lock: their entries extend the
+    /// chain, the key file is re-read (they may have rotated), and the
+    /// governance cursor moves to where they left it.
+    async fn catch_up(&self, st: &mut State, session: &mut AuditSession) -> Result<()> {
+        let mut caught = false;
+        loop {
+            let rows = session.rows(st.chain.size() as i64, 10_000).await?;
+            if rows.is_empty() {
+                break;
             }
-            let mut want_checkpoint = idle && chain.size() > st.checkpointed.0;
-            for m in msgs {
-                match m {
-                    Msg::Append { entry, payload, .. } => {
-                        let r = chain
-                            .seal((**entry).clone(), keys.current().map_err(Error::Internal)?)
-                            .map_err(Error::Internal)?;
-                        if let Some(p) = payload {
-                            payloads.push((r.seq as i64, p.clone()));
-                        }
-                        seqs.push(r.seq);
-                        records.push(r);
-                    }
-                    Msg::Rotate { actor, reason, .. } => {
-                        let r = self.rotate(&mut chain, &mut keys, actor, reason, now)?;
-                        rotated = true;
-                        seqs.push(r.seq);
-                        records.push(r);
-                        want_checkpoint = true;
-                    }
-                    Msg::Sync { .. } => {
-                        seqs.push(0);
-                        want_checkpoint = true;
-                    }
-                }
-            }
-            // Automatic rotation by age or count.
-            let current = keys.current().map_err(Error::Internal)?;
-            if now - current.created_ms >= ROTATE_AFTER_MS
-                || chain.since_rotation() >= ROTATE_AFTER_ENTRIES
-            {
-                let r = self.rotate(
-                    &mut chain,
-                    &mut keys,
-                    "system",
-                    "automatic rotation (age or count)",
-                    now,
-                )?;
-                rotated = true;
-                records.push(r);
-                want_checkpoint = true;
-            }
-            if records.is_empty() && !want_checkpoint {
-                return Ok(seqs);
-            }
-            let due = chain.size() - st.checkpointed.0 >= CHECKPOINT_EVERY_ENTRIES
-                || now - st.checkpointed.1 >= CHECKPOINT_EVERY_MS;
-            let checkpoint = if (want_checkpoint || due) && chain.size() > 0 {
-                let note = chain
-                    .checkpoint(keys.current().map_err(Error::Internal)?)
-                    .map_err(Error::Internal)?;
-                Some((chain.size() as i64, note, now))
-            } else {
-                None
-            };
-            if rotated {
-                // The new key must exist before any entry names it.
-                write_keys(&self.key_path, &keys)?;
-            }
-            let batch = AuditBatch {
-                first_seq: first_seq as i64,
-                rows: records.iter().map(to_row).collect::<Result<_>>()?,
-                payloads,
-                checkpoint: checkpoint.clone(),
-                events_seq,
-            };
-            let written = match self.store.append_audit(&batch).await {
-                Ok(w) => w,
-                Err(e) => {
-                    if rotated {
-                        let _ = write_keys(&self.key_path, &st.keys);
-                    }
-                    return Err(e.into());
-                }
-            };
-            if !written {
-                // Someone else appended: pick up their entries and re-seal.
-                if rotated {
-                    let _ = write_keys(&self.key_path, &st.keys);
-                }
-                *st = self.load().await?;
-                continue;
-            }
-            st.chain = chain;
-            st.keys = keys;
-            if let Some(s) = events_seq {
-                st.events_seq = s;
-            }
-            if checkpoint.is_some() {
-                st.checkpointed = (st.chain.size(), now);
-            }
-            let size = st.chain.size();
-            return Ok(msgs
-                .iter()
-                .zip(seqs)
-                .map(|(m, s)| {
-                    if matches!(m, Msg::Sync { .. }) {
-                        size
-                    } else {
-                        s
-                    }
-                })
-                .collect());
+            let records = rows.into_iter().map(from_row).collect::<Result<Vec<_>>>()?;
+            st.chain.extend(&records).map_err(Error::Internal)?;
+            caught = true;
         }
-        Err(Error::Internal(
-            "audit trail: another writer keeps appending; gave up after 5 attempts".into(),
-        ))
+        if caught {
+            st.keys = read_keys(&self.key_path)?.ok_or_else(|| {
+                Error::Internal(format!(
+                    "audit key file {} is missing but tenant `{}` has audit entries; restore it",
+                    self.key_path.display(),
+                    self.tenant
+                ))
+            })?;
+            st.events_seq = session.events_cursor().await?;
+        }
+        Ok(())
+    }
+
+    /// Seals and commits one batch under the tenant's writer lock, on top of
+    /// whatever other writers appended. Returns, per message, its entry's
+    /// seq (or the log size).
+    async fn commit(&self, st: &mut State, msgs: &[Msg], idle: bool) -> Result<Vec<u64>> {
+        let mut session = self.store.audit_session().await?;
+        self.catch_up(st, &mut session).await?;
+        let mut chain = st.chain.clone();
+        let mut keys = st.keys.clone();
+        let first_seq = chain.size();
+        let mut records = Vec::new();
+        let mut payloads = Vec::new();
+        let mut seqs = Vec::with_capacity(msgs.len());
+        let mut rotated = false;
+        let now = now_ms();
+
+        // Governance history first: it happened before these calls ended.
+        let events = session.events_after(st.events_seq, 1000).await?;
+        let events_seq = events.last().map(|e| e.seq);
+        for ev in &events {
+            let mut e = Entry::new(
+                &self.tenant,
+                "governance",
+                &ev.actor,
+                ev.at.saturating_mul(1000),
+            );
+            e.decision = Some(ev.action.clone());
+            e.detail = serde_json::json!({
+                "event": ev.seq,
+                "action": ev.action,
+                "subject": ev.subject,
+                "detail": ev.detail,
+            });
+            records.push(
+                chain
+                    .seal(e, keys.current().map_err(Error::Internal)?)
+                    .map_err(Error::Internal)?,
+            );
+        }
+        let mut want_checkpoint = idle && chain.size() > st.checkpointed.0;
+        for m in msgs {
+            match m {
+                Msg::Append { entry, payload, .. } => {
+                    let r = chain
+                        .seal((**entry).clone(), keys.current().map_err(Error::Internal)?)
+                        .map_err(Error::Internal)?;
+                    if let Some(p) = payload {
+                        payloads.push((r.seq as i64, p.clone()));
+                    }
+                    seqs.push(r.seq);
+                    records.push(r);
+                }
+                Msg::Rotate { actor, reason, .. } => {
+                    let r = self.rotate(&mut chain, &mut keys, actor, reason, now)?;
+                    rotated = true;
+                    seqs.push(r.seq);
+                    records.push(r);
+                    want_checkpoint = true;
+                }
+                Msg::Sync { .. } => {
+                    seqs.push(0);
+                    want_checkpoint = true;
+                }
+            }
+        }
+        // Automatic rotation by age or count.
+        let current = keys.current().map_err(Error::Internal)?;
+        if now - current.created_ms >= ROTATE_AFTER_MS
+            || chain.since_rotation() >= ROTATE_AFTER_ENTRIES
+        {
+            let r = self.rotate(
+                &mut chain,
+                &mut keys,
+                "system",
+                "automatic rotation (age or count)",
+                now,
+            )?;
+            rotated = true;
+            records.push(r);
+            want_checkpoint = true;
+        }
+        if records.is_empty() && !want_checkpoint {
+            drop(session);
+            return Ok(seqs);
+        }
+        let due = chain.size() - st.checkpointed.0 >= CHECKPOINT_EVERY_ENTRIES
+            || now - st.checkpointed.1 >= CHECKPOINT_EVERY_MS;
+        let checkpoint = if (want_checkpoint || due) && chain.size() > 0 {
+            let note = chain
+                .checkpoint(keys.current().map_err(Error::Internal)?)
+                .map_err(Error::Internal)?;
+            Some((chain.size() as i64, note, now))
+        } else {
+            None
+        };
+        if rotated {
+            // The new key must exist before any entry names it.
+            write_keys(&self.key_path, &keys)?;
+        }
+        let batch = AuditBatch {
+            first_seq: first_seq as i64,
+            rows: records.iter().map(to_row).collect::<Result<_>>()?,
+            payloads,
+            checkpoint: checkpoint.clone(),
+            events_seq,
+        };
+        let written = session.append(&batch).await;
+        if !matches!(written, Ok(true)) {
+            if rotated {
+                let _ = write_keys(&self.key_path, &st.keys);
+            }
+            return match written {
+                Err(e) => Err(e.into()),
+                // Cannot happen under the lock; said if it does.
+                _ => Err(Error::Internal(
+                    "audit trail: the chain moved while this writer held the lock".into(),
+                )),
+            };
+        }
+        st.chain = chain;
+        st.keys = keys;
+        if let Some(s) = events_seq {
+            st.events_seq = s;
+        }
+        if checkpoint.is_some() {
+            st.checkpointed = (st.chain.size(), now);
+        }
+        let size = st.chain.size();
+        Ok(msgs
+            .iter()
+            .zip(seqs)
+            .map(|(m, s)| {
+                if matches!(m, Msg::Sync { .. }) {
+                    size
+                } else {
+                    s
+                }
+            })
+            .collect())
     }
 
     fn rotate(

@@ -570,6 +570,22 @@ impl Warden {
                 "the counters cannot count (injected fault), so rates and quotas cannot be checked"
                     .to_owned(),
             ))
+        } else if self.store.is_postgres() {
+            crate::counters::admit_shared(
+                &store,
+                &counter_key,
+                action,
+                effect,
+                &grant.rate.unwrap_or_default(),
+                self.now(),
+            )
+            .await
+            .unwrap_or_else(|e| {
+                Err((
+                    "guard.counters",
+                    format!("the shared counters cannot be read ({e}), so rates and quotas cannot be checked"),
+                ))
+            })
         } else {
             self.counters.admit(
                 &counter_key,
@@ -836,8 +852,19 @@ impl Warden {
                 self.now(),
             );
         }
-        self.counters
-            .burned(&counter_key, report.fuel_used, self.now());
+        if self.store.is_postgres() {
+            if let Err(e) =
+                crate::counters::burned_shared(&store, &counter_key, report.fuel_used, self.now())
+                    .await
+            {
+                // The call has run; its fuel goes uncounted (the budget is
+                // checked again on the next call). Said loudly.
+                tracing::error!(error = %e, "could not add burned fuel to the shared counters");
+            }
+        } else {
+            self.counters
+                .burned(&counter_key, report.fuel_used, self.now());
+        }
         // The answer goes out only once its completion entry is durable.
         let mut finished = entry("invocation.finished");
         finished.component = Some(report.component_sha256.clone());

@@ -114,6 +114,10 @@ pub struct Config {
     /// The environment label policies see as `context.env` (`production`
     /// unless set).
     pub env: String,
+    /// A shared PostgreSQL database instead of the SQLite files in
+    /// `data_dir` (which then keeps only this node's files: audit keys,
+    /// secrets, caches).
+    pub database: Option<warden_store::PostgresOptions>,
 }
 
 impl std::fmt::Debug for Config {
@@ -138,6 +142,7 @@ impl Config {
             token_ttl: DEFAULT_TOKEN_TTL,
             clock: system_clock(),
             env: "production".into(),
+            database: None,
         }
     }
 }
@@ -213,6 +218,9 @@ pub struct Warden {
     faults: policies::Faults,
     /// The environment label policies see (`context.env`).
     env: String,
+    /// This process's id among the nodes sharing a database: owner of the
+    /// in-flight holds it keeps (see `resume_approvals`).
+    node: Arc<str>,
 }
 
 impl std::fmt::Debug for Warden {
@@ -236,7 +244,10 @@ impl Warden {
     /// Opens (creating and migrating on first use) the data directory. On the
     /// first start this also creates the one-time admin key.
     pub async fn open(config: Config) -> Result<Opened> {
-        let store = Store::open(&config.data_dir).await?;
+        let store = match &config.database {
+            None => Store::open(&config.data_dir).await?,
+            Some(pg) => Store::open_postgres(&config.data_dir, pg).await?,
+        };
         let runtime = Runtime::new(RuntimeConfig {
             max_concurrent: config.max_concurrent,
             cache_dir: config.cache_dir.clone(),
@@ -266,6 +277,7 @@ impl Warden {
                 policy_cache: policies::PolicyCache::default(),
                 faults: policies::Faults::default(),
                 env: config.env,
+                node: approvals::new_node_id()?.into(),
             },
             bootstrap_key,
         })
@@ -290,6 +302,16 @@ impl Warden {
     /// The data directory.
     pub fn data_dir(&self) -> &std::path::Path {
         &self.data_dir
+    }
+
+    /// This process's node id (in approvals' `owner_node`).
+    pub fn node_id(&self) -> &str {
+        &self.node
+    }
+
+    /// Whether the store is a shared PostgreSQL database.
+    pub fn shared_database(&self) -> bool {
+        self.store.is_postgres()
     }
 
     /// Closes the databases cleanly.

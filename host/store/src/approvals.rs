@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 
 use crate::tenant::TenantStore;
 use crate::{Error, Result};
@@ -45,6 +45,11 @@ pub struct ApprovalRecord {
     pub finished_at: Option<i64>,
     /// The executed call's report.
     pub result: Option<serde_json::Value>,
+    /// The node whose process holds the hold while it is in flight (a call
+    /// suspended inside on it, or an approved call being executed).
+    pub owner_node: Option<String>,
+    /// When that node last said it is alive (Unix seconds).
+    pub heartbeat_at: Option<i64>,
     pub votes: Vec<VoteRecord>,
 }
 
@@ -72,14 +77,15 @@ pub enum VoteOutcome {
 
 const COLUMNS: &str = "id, kind, status, agent_id, agent, tool, version, component, action, input, \
     import, policy_version, correlation, invocation, data_session, rule, reason, policies, facts, \
-    required, created_at, expires_at, payload_sha256, decided_at, finished_at, result";
+    required, created_at, expires_at, payload_sha256, decided_at, finished_at, result, \
+    owner_node, heartbeat_at";
 
-fn json(r: &SqliteRow, col: &str) -> Result<serde_json::Value> {
+fn json(r: &AnyRow, col: &str) -> Result<serde_json::Value> {
     let text: String = r.try_get(col)?;
     serde_json::from_str(&text).map_err(|e| Error::Corrupt(format!("approval {col}: {e}")))
 }
 
-fn approval(r: &SqliteRow) -> Result<ApprovalRecord> {
+fn approval(r: &AnyRow) -> Result<ApprovalRecord> {
     let import: Option<String> = r.try_get("import")?;
     let result: Option<String> = r.try_get("result")?;
     let parse = |t: String| {
@@ -113,11 +119,13 @@ fn approval(r: &SqliteRow) -> Result<ApprovalRecord> {
         decided_at: r.try_get("decided_at")?,
         finished_at: r.try_get("finished_at")?,
         result: result.map(parse).transpose()?,
+        owner_node: r.try_get("owner_node")?,
+        heartbeat_at: r.try_get("heartbeat_at")?,
         votes: Vec::new(),
     })
 }
 
-fn vote(r: &SqliteRow) -> Result<(String, VoteRecord)> {
+fn vote(r: &AnyRow) -> Result<(String, VoteRecord)> {
     Ok((
         r.try_get("approval_id")?,
         VoteRecord {
@@ -130,6 +138,14 @@ fn vote(r: &SqliteRow) -> Result<(String, VoteRecord)> {
     ))
 }
 
+/// `$first, $first+1, …` (`count` of them) for an `IN (…)` list.
+fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// States that end the decision (the row's `decided_at` is set).
 const DECIDED: [&str; 4] = ["approved", "rejected", "expired", "cancelled"];
 
@@ -138,9 +154,9 @@ impl TenantStore {
     pub async fn add_approval(&self, a: &ApprovalRecord) -> Result<()> {
         let q = format!(
             "INSERT INTO approvals ({COLUMNS}) VALUES \
-             (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28)"
         );
-        sqlx::query(sqlx::AssertSqlSafe(q))
+        let query = sqlx::query(sqlx::AssertSqlSafe(q))
             .bind(&a.id)
             .bind(&a.kind)
             .bind(&a.status)
@@ -167,26 +183,27 @@ impl TenantStore {
             .bind(a.decided_at)
             .bind(a.finished_at)
             .bind(a.result.as_ref().map(ToString::to_string))
-            .execute(&self.pool)
-            .await?;
+            .bind(&a.owner_node)
+            .bind(a.heartbeat_at);
+        self.execute_one(query).await?;
         Ok(())
     }
 
     /// One held call with its votes.
     pub async fn approval(&self, id: &str) -> Result<ApprovalRecord> {
-        let q = format!("SELECT {COLUMNS} FROM approvals WHERE id = ?");
+        let q = format!("SELECT {COLUMNS} FROM approvals WHERE id = $1");
         let row = sqlx::query(sqlx::AssertSqlSafe(q))
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.read().await?)
             .await?
             .ok_or_else(|| Error::NotFound(format!("approval `{id}`")))?;
         let mut a = approval(&row)?;
         let votes = sqlx::query(
             "SELECT approval_id, principal_id, principal, vote, comment, at \
-             FROM approval_votes WHERE approval_id = ? ORDER BY at, principal",
+             FROM approval_votes WHERE approval_id = $1 ORDER BY at, principal",
         )
         .bind(id)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.read().await?)
         .await?;
         for v in &votes {
             a.votes.push(vote(v)?.1);
@@ -200,17 +217,20 @@ impl TenantStore {
         let filter = if statuses.is_empty() {
             String::new()
         } else {
-            format!(
-                " WHERE status IN ({})",
-                vec!["?"; statuses.len()].join(", ")
-            )
+            format!(" WHERE status IN ({})", placeholders(1, statuses.len()))
         };
-        let q = format!("SELECT {COLUMNS} FROM approvals{filter} ORDER BY created_at, id LIMIT ?");
+        let limit_at = statuses.len() + 1;
+        let q = format!(
+            "SELECT {COLUMNS} FROM approvals{filter} ORDER BY created_at, id LIMIT ${limit_at}"
+        );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(q));
         for s in statuses {
             query = query.bind(*s);
         }
-        let rows = query.bind(limit).fetch_all(&self.pool).await?;
+        let rows = query
+            .bind(limit)
+            .fetch_all(&mut *self.read().await?)
+            .await?;
         let mut out = rows.iter().map(approval).collect::<Result<Vec<_>>>()?;
         if out.is_empty() {
             return Ok(out);
@@ -226,7 +246,7 @@ impl TenantStore {
         }
         let mut by_id: std::collections::HashMap<String, Vec<VoteRecord>> =
             std::collections::HashMap::new();
-        for r in query.fetch_all(&self.pool).await? {
+        for r in query.fetch_all(&mut *self.read().await?).await? {
             let (id, v) = vote(&r)?;
             by_id.entry(id).or_default().push(v);
         }
@@ -243,7 +263,7 @@ impl TenantStore {
     /// ([`Error::Conflict`]).
     pub async fn vote_approval(&self, id: &str, v: &VoteRecord) -> Result<VoteOutcome> {
         let mut tx = self.write().await?;
-        let row = sqlx::query("SELECT status, expires_at, required FROM approvals WHERE id = ?")
+        let row = sqlx::query("SELECT status, expires_at, required FROM approvals WHERE id = $1")
             .bind(id)
             .fetch_optional(&mut *tx)
             .await?
@@ -258,7 +278,7 @@ impl TenantStore {
         }
         if expires_at <= v.at {
             sqlx::query(
-                "UPDATE approvals SET status = 'expired', decided_at = ? WHERE id = ? AND status = 'pending'",
+                "UPDATE approvals SET status = 'expired', decided_at = $1 WHERE id = $2 AND status = 'pending'",
             )
             .bind(v.at)
             .bind(id)
@@ -269,7 +289,7 @@ impl TenantStore {
         }
         let inserted = sqlx::query(
             "INSERT INTO approval_votes (approval_id, principal_id, principal, vote, comment, at) \
-             VALUES (?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(id)
         .bind(&v.principal_id)
@@ -289,7 +309,7 @@ impl TenantStore {
             });
         }
         let approvals: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM approval_votes WHERE approval_id = ? AND vote = 'approve'",
+            "SELECT COUNT(*) FROM approval_votes WHERE approval_id = $1 AND vote = 'approve'",
         )
         .bind(id)
         .fetch_one(&mut *tx)
@@ -303,7 +323,7 @@ impl TenantStore {
         };
         if next != "pending" {
             sqlx::query(
-                "UPDATE approvals SET status = ?, decided_at = ? WHERE id = ? AND status = 'pending'",
+                "UPDATE approvals SET status = $1, decided_at = $2 WHERE id = $3 AND status = 'pending'",
             )
             .bind(next)
             .bind(v.at)
@@ -325,26 +345,27 @@ impl TenantStore {
         agent_id: &str,
     ) -> Result<Option<String>> {
         Ok(sqlx::query_scalar(
-            "SELECT id FROM approvals WHERE invocation = ? AND agent_id = ? AND kind = 'call'              ORDER BY created_at DESC LIMIT 1",
+            "SELECT id FROM approvals WHERE invocation = $1 AND agent_id = $2 AND kind = 'call'              ORDER BY created_at DESC LIMIT 1",
         )
         .bind(invocation)
         .bind(agent_id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.read().await?)
         .await?)
     }
 
     /// How many approvals are in `status`.
     pub async fn count_approvals(&self, status: &str) -> Result<u64> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM approvals WHERE status = ?")
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM approvals WHERE status = $1")
             .bind(status)
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *self.read().await?)
             .await?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
     /// Moves an approval from one of `from` to `to`; `false` when it was in
     /// none of them (someone else moved it first). `result` is stored with
-    /// the move when given.
+    /// the move when given; `owner` (a node id) takes the row over as in
+    /// flight on that node, with a fresh heartbeat.
     pub async fn move_approval(
         &self,
         id: &str,
@@ -352,6 +373,7 @@ impl TenantStore {
         to: &str,
         now: i64,
         result: Option<&serde_json::Value>,
+        owner: Option<&str>,
     ) -> Result<bool> {
         let stamp = if DECIDED.contains(&to) {
             "decided_at"
@@ -359,21 +381,36 @@ impl TenantStore {
             "finished_at"
         };
         let q = format!(
-            "UPDATE approvals SET status = ?, {stamp} = ?, result = COALESCE(?, result) \
-             WHERE id = ? AND status IN ({})",
-            vec!["?"; from.len().max(1)].join(", ")
+            "UPDATE approvals SET status = $1, {stamp} = $2, result = COALESCE($3, result), \
+             owner_node = COALESCE($5, owner_node), \
+             heartbeat_at = CASE WHEN $5 IS NULL THEN heartbeat_at ELSE $2 END \
+             WHERE id = $4 AND status IN ({})",
+            placeholders(6, from.len().max(1))
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(q))
             .bind(to)
             .bind(now)
             .bind(result.map(ToString::to_string))
-            .bind(id);
+            .bind(id)
+            .bind(owner);
         if from.is_empty() {
             query = query.bind("");
         }
         for f in from {
             query = query.bind(*f);
         }
-        Ok(query.execute(&self.pool).await?.rows_affected() == 1)
+        Ok(self.execute_one(query).await? == 1)
+    }
+
+    /// Marks every in-flight hold owned by `node` as alive at `now`; returns
+    /// how many rows it touched.
+    pub async fn heartbeat_approvals(&self, node: &str, now: i64) -> Result<u64> {
+        let query = sqlx::query(
+            "UPDATE approvals SET heartbeat_at = $1 \
+             WHERE owner_node = $2 AND status IN ('pending', 'approved', 'executing')",
+        )
+        .bind(now)
+        .bind(node);
+        self.execute_one(query).await
     }
 }

@@ -38,8 +38,21 @@ impl Payload {
 }
 
 /// Rows per multi-row INSERT (4 parameters each, far below SQLite's limit
-/// of 32,766 parameters per statement).
+/// of 32,766 and PostgreSQL's of 65,535 parameters per statement).
 const ROWS_PER_INSERT: usize = 256;
+
+/// `($1, …, $cols), ($cols+1, …), …` for `rows` rows: numbered placeholders,
+/// which both SQLite and PostgreSQL read (sqlx's `QueryBuilder` on the `Any`
+/// driver writes `?`, which PostgreSQL does not).
+fn values(rows: usize, cols: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let cells: Vec<String> = (1..=cols).map(|c| format!("${}", r * cols + c)).collect();
+            format!("({})", cells.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 /// What one group commit writes.
 #[derive(Debug, Default)]
@@ -55,72 +68,84 @@ pub struct AuditBatch {
     pub events_seq: Option<i64>,
 }
 
-impl TenantStore {
-    /// Appends a batch atomically. `Ok(false)`: the stored chain has moved
-    /// (another writer appended); nothing was written.
-    pub async fn append_audit(&self, batch: &AuditBatch) -> Result<bool> {
-        let mut tx = self.write().await?;
-        let next: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq) + 1, 0) FROM audit_entries")
-            .fetch_one(&mut *tx)
-            .await?;
-        if next != batch.first_seq {
-            tx.rollback().await?;
-            return Ok(false);
-        }
-        // Multi-row inserts: one statement per chunk instead of one per row
-        // (each statement is a round trip to SQLite's worker thread).
-        for chunk in batch.rows.chunks(ROWS_PER_INSERT) {
-            let mut q =
-                sqlx::QueryBuilder::new("INSERT INTO audit_entries (seq, body, mac, cosign) ");
-            q.push_values(chunk, |mut b, r| {
-                b.push_bind(r.seq)
-                    .push_bind(&r.body)
-                    .push_bind(&r.mac)
-                    .push_bind(&r.cosign);
-            });
-            q.build().execute(&mut *tx).await?;
-        }
-        for chunk in batch.payloads.chunks(ROWS_PER_INSERT) {
-            let mut q = sqlx::QueryBuilder::new(
-                "INSERT INTO audit_payloads (seq, input, output, journal) ",
-            );
-            q.push_values(chunk, |mut b, (seq, p)| {
-                b.push_bind(*seq)
-                    .push_bind(&p.input)
-                    .push_bind(&p.output)
-                    .push_bind(&p.journal);
-            });
-            q.build().execute(&mut *tx).await?;
-        }
-        if let Some((size, note, at)) = &batch.checkpoint {
-            sqlx::query(
-                "INSERT OR IGNORE INTO audit_checkpoints (size, note, at_ms) VALUES (?, ?, ?)",
-            )
-            .bind(size)
-            .bind(note)
-            .bind(at)
-            .execute(&mut *tx)
-            .await?;
-        }
-        if let Some(seq) = batch.events_seq {
-            sqlx::query("UPDATE audit_cursor SET events_seq = ? WHERE id = 1 AND events_seq < ?")
-                .bind(seq)
-                .bind(seq)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(true)
-    }
+/// The tenant's writer lock held for one audit batch: read what other
+/// writers appended since this writer's head, seal on top of it, append.
+/// Holding the lock from the read to the commit is what makes the append
+/// succeed first time with several writers (processes or nodes): nobody
+/// can move the head in between. Dropped without [`AuditSession::append`],
+/// nothing is written.
+pub struct AuditSession {
+    tx: sqlx::Transaction<'static, sqlx::Any>,
+}
 
+impl std::fmt::Debug for AuditSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditSession").finish_non_exhaustive()
+    }
+}
+
+impl AuditSession {
     /// Stored entries with `seq >= from`, at most `limit`, in order.
-    pub async fn audit_rows(&self, from: i64, limit: i64) -> Result<Vec<AuditRow>> {
+    pub async fn rows(&mut self, from: i64, limit: i64) -> Result<Vec<AuditRow>> {
         let rows = sqlx::query(
-            "SELECT seq, body, mac, cosign FROM audit_entries WHERE seq >= ? ORDER BY seq LIMIT ?",
+            "SELECT seq, body, mac, cosign FROM audit_entries WHERE seq >= $1 ORDER BY seq LIMIT $2",
         )
         .bind(from)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.iter().map(audit_row).collect()
+    }
+
+    /// How far the governance history has been chained.
+    pub async fn events_cursor(&mut self) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT events_seq FROM audit_cursor WHERE id = 1")
+                .fetch_one(&mut *self.tx)
+                .await?,
+        )
+    }
+
+    /// Governance events after `seq`, oldest first, at most `limit`.
+    pub async fn events_after(&mut self, seq: i64, limit: i64) -> Result<Vec<EventRecord>> {
+        let rows = sqlx::query(
+            "SELECT seq, at, actor, action, subject, detail FROM events WHERE seq > $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(seq)
+        .bind(limit)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.iter().map(crate::tenant::event_row).collect()
+    }
+
+    /// Appends the batch and commits. `Ok(false)`: the stored chain is not
+    /// where the batch starts; nothing was written.
+    pub async fn append(self, batch: &AuditBatch) -> Result<bool> {
+        append(self.tx, batch).await
+    }
+}
+
+impl TenantStore {
+    /// Takes the tenant's writer lock for one audit batch.
+    pub async fn audit_session(&self) -> Result<AuditSession> {
+        Ok(AuditSession {
+            tx: self.write().await?,
+        })
+    }
+
+    /// Appends a batch atomically. `Ok(false)`: the stored chain has moved
+    /// (another writer appended); nothing was written.
+    pub async fn append_audit(&self, batch: &AuditBatch) -> Result<bool> {
+        append(self.write().await?, batch).await
+    }
+    /// Stored entries with `seq >= from`, at most `limit`, in order.
+    pub async fn audit_rows(&self, from: i64, limit: i64) -> Result<Vec<AuditRow>> {
+        let rows = sqlx::query(
+            "SELECT seq, body, mac, cosign FROM audit_entries WHERE seq >= $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(from)
+        .bind(limit)
+        .fetch_all(&mut *self.read().await?)
         .await?;
         rows.iter().map(audit_row).collect()
     }
@@ -128,7 +153,7 @@ impl TenantStore {
     /// Every checkpoint: (size, note), smallest first.
     pub async fn audit_checkpoints(&self) -> Result<Vec<(i64, String)>> {
         let rows = sqlx::query("SELECT size, note FROM audit_checkpoints ORDER BY size")
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.read().await?)
             .await?;
         rows.iter()
             .map(|r| Ok((r.try_get("size")?, r.try_get("note")?)))
@@ -137,20 +162,22 @@ impl TenantStore {
 
     /// Adds a checkpoint (ignored when one of that size exists).
     pub async fn add_audit_checkpoint(&self, size: i64, note: &str, at_ms: i64) -> Result<()> {
-        sqlx::query("INSERT OR IGNORE INTO audit_checkpoints (size, note, at_ms) VALUES (?, ?, ?)")
-            .bind(size)
-            .bind(note)
-            .bind(at_ms)
-            .execute(&self.pool)
-            .await?;
+        let query = sqlx::query(
+            "INSERT INTO audit_checkpoints (size, note, at_ms) VALUES ($1, $2, $3) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(size)
+        .bind(note)
+        .bind(at_ms);
+        self.execute_one(query).await?;
         Ok(())
     }
 
     /// The stored payload of one entry.
     pub async fn audit_payload(&self, seq: i64) -> Result<Option<Payload>> {
-        let row = sqlx::query("SELECT input, output, journal FROM audit_payloads WHERE seq = ?")
+        let row = sqlx::query("SELECT input, output, journal FROM audit_payloads WHERE seq = $1")
             .bind(seq)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.read().await?)
             .await?;
         row.map(|r| {
             Ok(Payload {
@@ -165,12 +192,15 @@ impl TenantStore {
     /// The entries of one invocation (its decision and completion), by
     /// sequence number.
     pub async fn audit_invocation(&self, invocation: &str) -> Result<Vec<AuditRow>> {
-        let rows = sqlx::query(
+        let rows = sqlx::query(if self.postgres() {
             "SELECT seq, body, mac, cosign FROM audit_entries \
-             WHERE json_extract(body, '$.invocation') = ? ORDER BY seq",
-        )
+                 WHERE (body::jsonb ->> 'invocation') = $1 ORDER BY seq"
+        } else {
+            "SELECT seq, body, mac, cosign FROM audit_entries \
+                 WHERE json_extract(body, '$.invocation') = $1 ORDER BY seq"
+        })
         .bind(invocation)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.read().await?)
         .await?;
         rows.iter().map(audit_row).collect()
     }
@@ -179,7 +209,7 @@ impl TenantStore {
     pub async fn audit_events_cursor(&self) -> Result<i64> {
         Ok(
             sqlx::query_scalar("SELECT events_seq FROM audit_cursor WHERE id = 1")
-                .fetch_one(&self.pool)
+                .fetch_one(&mut *self.read().await?)
                 .await?,
         )
     }
@@ -187,22 +217,81 @@ impl TenantStore {
     /// Governance events after `seq`, oldest first, at most `limit`.
     pub async fn events_after(&self, seq: i64, limit: i64) -> Result<Vec<EventRecord>> {
         let rows = sqlx::query(
-            "SELECT seq, at, actor, action, subject, detail FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+            "SELECT seq, at, actor, action, subject, detail FROM events WHERE seq > $1 ORDER BY seq LIMIT $2",
         )
         .bind(seq)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.read().await?)
         .await?;
         rows.iter().map(crate::tenant::event_row).collect()
     }
 }
 
 /// One `audit_entries` row (`seq, body, mac, cosign`).
-fn audit_row(r: &sqlx::sqlite::SqliteRow) -> Result<AuditRow> {
+fn audit_row(r: &sqlx::any::AnyRow) -> Result<AuditRow> {
     Ok(AuditRow {
         seq: r.try_get("seq")?,
         body: r.try_get("body")?,
         mac: r.try_get("mac")?,
         cosign: r.try_get("cosign")?,
     })
+}
+
+/// The append itself, in the writer's transaction `tx`.
+async fn append(mut tx: sqlx::Transaction<'static, sqlx::Any>, batch: &AuditBatch) -> Result<bool> {
+    let next: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq) + 1, 0) FROM audit_entries")
+        .fetch_one(&mut *tx)
+        .await?;
+    if next != batch.first_seq {
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    // Multi-row inserts: one statement per chunk instead of one per row
+    // (each statement is a round trip to SQLite's worker thread).
+    for chunk in batch.rows.chunks(ROWS_PER_INSERT) {
+        let q = format!(
+            "INSERT INTO audit_entries (seq, body, mac, cosign) VALUES {}",
+            values(chunk.len(), 4)
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(q));
+        for r in chunk {
+            query = query.bind(r.seq).bind(&r.body).bind(&r.mac).bind(&r.cosign);
+        }
+        query.execute(&mut *tx).await?;
+    }
+    for chunk in batch.payloads.chunks(ROWS_PER_INSERT) {
+        let q = format!(
+            "INSERT INTO audit_payloads (seq, input, output, journal) VALUES {}",
+            values(chunk.len(), 4)
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(q));
+        for (seq, p) in chunk {
+            query = query
+                .bind(*seq)
+                .bind(&p.input)
+                .bind(&p.output)
+                .bind(&p.journal);
+        }
+        query.execute(&mut *tx).await?;
+    }
+    if let Some((size, note, at)) = &batch.checkpoint {
+        sqlx::query(
+            "INSERT INTO audit_checkpoints (size, note, at_ms) VALUES ($1, $2, $3) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(size)
+        .bind(note)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if let Some(seq) = batch.events_seq {
+        sqlx::query("UPDATE audit_cursor SET events_seq = $1 WHERE id = 1 AND events_seq < $2")
+            .bind(seq)
+            .bind(seq)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(true)
 }

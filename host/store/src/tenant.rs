@@ -6,8 +6,11 @@
 //! of failing on a lock upgrade) and appends its `events` entry in the same
 //! transaction.
 
-use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, Sqlite, SqlitePool, Transaction};
+use std::sync::Arc;
+
+use sqlx::any::AnyRow;
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyConnection, AnyPool, Row, Transaction};
 
 use crate::records::{
     AgentRecord, AgentStatus, DeploymentRecord, EventRecord, GrantRecord, PolicyRecord,
@@ -15,11 +18,57 @@ use crate::records::{
 };
 use crate::{Error, Result};
 
-/// Handle on one tenant's database. Cheap to clone.
+/// Handle on one tenant's data. Cheap to clone.
+///
+/// On SQLite the pool is the tenant's own database file. On PostgreSQL it is
+/// the shared pool, and every statement runs inside a transaction that first
+/// sets `warden.tenant` (transaction-local) to this tenant: row-level
+/// security then shows and accepts only this tenant's rows.
 #[derive(Debug, Clone)]
 pub struct TenantStore {
     name: String,
-    pub(crate) pool: SqlitePool,
+    pub(crate) pool: AnyPool,
+    scope: Scope,
+}
+
+/// How a tenant's transactions begin.
+#[derive(Debug, Clone)]
+enum Scope {
+    Sqlite,
+    /// The two `BEGIN …` texts, with the tenant's name (a validated
+    /// `[a-z][a-z0-9-]*`, so safe inside a quoted literal) set for the
+    /// transaction only.
+    Postgres {
+        read: Arc<str>,
+        write: Arc<str>,
+    },
+}
+
+/// A connection for reading: on PostgreSQL a transaction scoped to the
+/// tenant (rolled back when dropped; it wrote nothing), on SQLite a plain
+/// pooled connection to the tenant's file.
+pub(crate) enum Reader {
+    Conn(PoolConnection<Any>),
+    Tx(Transaction<'static, Any>),
+}
+
+impl std::ops::Deref for Reader {
+    type Target = AnyConnection;
+    fn deref(&self) -> &AnyConnection {
+        match self {
+            Reader::Conn(c) => c,
+            Reader::Tx(t) => t,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Reader {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        match self {
+            Reader::Conn(c) => c,
+            Reader::Tx(t) => t,
+        }
+    }
 }
 
 /// A principal to add.
@@ -77,27 +126,29 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
 }
 
-async fn event(
-    tx: &mut Transaction<'static, Sqlite>,
+pub(crate) async fn event_in(
+    tx: &mut Transaction<'static, Any>,
     now: i64,
     actor: &str,
     action: &str,
     subject: &str,
     detail: serde_json::Value,
 ) -> Result<()> {
-    sqlx::query("INSERT INTO events (at, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?)")
-        .bind(now)
-        .bind(actor)
-        .bind(action)
-        .bind(subject)
-        .bind(detail.to_string())
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query(
+        "INSERT INTO events (at, actor, action, subject, detail) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(now)
+    .bind(actor)
+    .bind(action)
+    .bind(subject)
+    .bind(detail.to_string())
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
 /// One `events` row.
-pub(crate) fn event_row(r: &SqliteRow) -> Result<EventRecord> {
+pub(crate) fn event_row(r: &AnyRow) -> Result<EventRecord> {
     let detail: String = r.try_get("detail")?;
     Ok(EventRecord {
         seq: r.try_get("seq")?,
@@ -109,7 +160,7 @@ pub(crate) fn event_row(r: &SqliteRow) -> Result<EventRecord> {
     })
 }
 
-fn principal(row: &SqliteRow) -> Result<PrincipalRecord> {
+fn principal(row: &AnyRow) -> Result<PrincipalRecord> {
     let roles: String = row.try_get("roles")?;
     Ok(PrincipalRecord {
         id: row.try_get("id")?,
@@ -133,7 +184,7 @@ macro_rules! select_agents {
     };
 }
 
-fn agent(row: &SqliteRow) -> Result<AgentRecord> {
+fn agent(row: &AnyRow) -> Result<AgentRecord> {
     let status: String = row.try_get("status")?;
     Ok(AgentRecord {
         id: row.try_get("id")?,
@@ -150,7 +201,7 @@ fn agent(row: &SqliteRow) -> Result<AgentRecord> {
     })
 }
 
-fn tool_version(row: &SqliteRow) -> Result<ToolVersionRecord> {
+fn tool_version(row: &AnyRow) -> Result<ToolVersionRecord> {
     Ok(ToolVersionRecord {
         tool: row.try_get("tool")?,
         version: row.try_get("version")?,
@@ -161,7 +212,7 @@ fn tool_version(row: &SqliteRow) -> Result<ToolVersionRecord> {
     })
 }
 
-fn deployment(row: &SqliteRow) -> Result<DeploymentRecord> {
+fn deployment(row: &AnyRow) -> Result<DeploymentRecord> {
     Ok(DeploymentRecord {
         seq: row.try_get("seq")?,
         tool: row.try_get("tool")?,
@@ -181,7 +232,7 @@ macro_rules! select_grants {
     };
 }
 
-fn grant(row: &SqliteRow) -> Result<GrantRecord> {
+fn grant(row: &AnyRow) -> Result<GrantRecord> {
     Ok(GrantRecord {
         id: row.try_get("id")?,
         agent_id: row.try_get("agent_id")?,
@@ -197,8 +248,63 @@ fn grant(row: &SqliteRow) -> Result<GrantRecord> {
 }
 
 impl TenantStore {
-    pub(crate) fn new(name: String, pool: SqlitePool) -> TenantStore {
-        TenantStore { name, pool }
+    /// A tenant in its own SQLite file.
+    pub(crate) fn sqlite(name: String, pool: AnyPool) -> TenantStore {
+        TenantStore {
+            name,
+            pool,
+            scope: Scope::Sqlite,
+        }
+    }
+
+    /// A tenant in the shared PostgreSQL database. `name` must be a valid
+    /// tenant name (checked by the caller): it is inlined in the `BEGIN`.
+    pub(crate) fn on_postgres(name: String, pool: AnyPool) -> TenantStore {
+        debug_assert!(crate::valid_tenant_name(&name));
+        let set = format!("SELECT set_config('warden.tenant', '{name}', true)");
+        // Writers of one tenant queue on one advisory lock, taken before
+        // anything is read: the same one-writer-per-tenant rule SQLite's
+        // `BEGIN IMMEDIATE` gives, across every node sharing the database.
+        let write = format!(
+            "BEGIN; {set}, pg_advisory_xact_lock(hashtextextended('warden.tenant:{name}', 0))"
+        );
+        TenantStore {
+            scope: Scope::Postgres {
+                read: format!("BEGIN READ ONLY; {set}").into(),
+                write: write.into(),
+            },
+            name,
+            pool,
+        }
+    }
+
+    /// Whether this tenant lives in PostgreSQL (for the few statements whose
+    /// dialects differ).
+    pub(crate) fn postgres(&self) -> bool {
+        matches!(self.scope, Scope::Postgres { .. })
+    }
+
+    /// A connection scoped to this tenant for reading.
+    pub(crate) async fn read(&self) -> Result<Reader> {
+        Ok(match &self.scope {
+            Scope::Sqlite => Reader::Conn(self.pool.acquire().await?),
+            Scope::Postgres { read, .. } => Reader::Tx(
+                self.pool
+                    .begin_with(sqlx::AssertSqlSafe(read.to_string()))
+                    .await?,
+            ),
+        })
+    }
+
+    /// Runs one writing statement in its own write transaction.
+    pub(crate) async fn execute_one(
+        &self,
+        query: sqlx::query::Query<'_, Any, sqlx::any::AnyArguments>,
+    ) -> Result<u64> {
+        let mut tx = self.write().await?;
+        let n = query.execute(&mut *tx).await?.rows_affected();
+        tx.commit().await?;
+        Ok(n)
     }
 
     /// The tenant's name.
@@ -206,12 +312,23 @@ impl TenantStore {
         &self.name
     }
 
+    /// Closes the tenant's own pool (SQLite); the shared PostgreSQL pool is
+    /// closed by the store.
     pub(crate) async fn close(&self) {
-        self.pool.close().await;
+        if !self.postgres() {
+            self.pool.close().await;
+        }
     }
 
-    pub(crate) async fn write(&self) -> Result<Transaction<'static, Sqlite>> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    pub(crate) async fn write(&self) -> Result<Transaction<'static, Any>> {
+        Ok(match &self.scope {
+            Scope::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Scope::Postgres { write, .. } => {
+                self.pool
+                    .begin_with(sqlx::AssertSqlSafe(write.to_string()))
+                    .await?
+            }
+        })
     }
 
     /// Appends one history entry on its own.
@@ -224,7 +341,7 @@ impl TenantStore {
         detail: serde_json::Value,
     ) -> Result<()> {
         let mut tx = self.write().await?;
-        event(&mut tx, now, actor, action, subject, detail).await?;
+        event_in(&mut tx, now, actor, action, subject, detail).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -233,7 +350,7 @@ impl TenantStore {
     pub async fn events(&self) -> Result<Vec<EventRecord>> {
         let rows =
             sqlx::query("SELECT seq, at, actor, action, subject, detail FROM events ORDER BY seq")
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *self.read().await?)
                 .await?;
         rows.iter().map(event_row).collect()
     }
@@ -243,9 +360,9 @@ impl TenantStore {
     /// One tenant setting's value, if set.
     pub async fn setting(&self, key: &str) -> Result<Option<String>> {
         Ok(
-            sqlx::query_scalar("SELECT value FROM settings WHERE key = ?")
+            sqlx::query_scalar("SELECT value FROM settings WHERE key = $1")
                 .bind(key)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *self.read().await?)
                 .await?,
         )
     }
@@ -254,7 +371,7 @@ impl TenantStore {
     pub async fn settings(&self) -> Result<Vec<(String, String, String, i64)>> {
         let rows =
             sqlx::query("SELECT key, value, changed_by, changed_at FROM settings ORDER BY key")
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *self.read().await?)
                 .await?;
         rows.iter()
             .map(|r| {
@@ -271,22 +388,26 @@ impl TenantStore {
     /// Sets a tenant setting and records who changed it.
     pub async fn set_setting(&self, key: &str, value: &str, actor: &str, now: i64) -> Result<()> {
         let mut tx = self.write().await?;
-        let old: Option<String> = sqlx::query_scalar("SELECT value FROM settings WHERE key = ?")
+        let old: Option<String> = sqlx::query_scalar("SELECT value FROM settings WHERE key = $1")
             .bind(key)
             .fetch_optional(&mut *tx)
             .await?;
-        sqlx::query(
-            "INSERT INTO settings (key, value, changed_by, changed_at) VALUES (?, ?, ?, ?) \
+        sqlx::query(if self.postgres() {
+            "INSERT INTO settings (key, value, changed_by, changed_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (tenant, key) DO UPDATE SET value = excluded.value, \
+             changed_by = excluded.changed_by, changed_at = excluded.changed_at"
+        } else {
+            "INSERT INTO settings (key, value, changed_by, changed_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (key) DO UPDATE SET value = excluded.value, \
-             changed_by = excluded.changed_by, changed_at = excluded.changed_at",
-        )
+             changed_by = excluded.changed_by, changed_at = excluded.changed_at"
+        })
         .bind(key)
         .bind(value)
         .bind(actor)
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        event(
+        event_in(
             &mut tx,
             now,
             actor,
@@ -306,7 +427,7 @@ impl TenantStore {
         let id = new_id("p")?;
         let mut tx = self.write().await?;
         let inserted = sqlx::query(
-            "INSERT INTO principals (id, name, roles, created_by, created_at) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO principals (id, name, roles, created_by, created_at) VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(&id)
         .bind(p.name)
@@ -324,13 +445,15 @@ impl TenantStore {
             }
             r => r?,
         };
-        sqlx::query("INSERT INTO api_keys (key_hash, principal_id, created_at) VALUES (?, ?, ?)")
-            .bind(p.key_hash)
-            .bind(&id)
-            .bind(p.now)
-            .execute(&mut *tx)
-            .await?;
-        event(
+        sqlx::query(
+            "INSERT INTO api_keys (key_hash, principal_id, created_at) VALUES ($1, $2, $3)",
+        )
+        .bind(p.key_hash)
+        .bind(&id)
+        .bind(p.now)
+        .execute(&mut *tx)
+        .await?;
+        event_in(
             &mut tx,
             p.now,
             p.actor,
@@ -353,19 +476,19 @@ impl TenantStore {
     pub async fn principal_by_key(&self, key_hash: &str) -> Result<Option<PrincipalRecord>> {
         let row = sqlx::query(
             "SELECT p.* FROM api_keys k JOIN principals p ON p.id = k.principal_id \
-             WHERE k.key_hash = ? AND k.revoked_at IS NULL",
+             WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
         )
         .bind(key_hash)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.read().await?)
         .await?;
         row.as_ref().map(principal).transpose()
     }
 
     /// A principal by name.
     pub async fn principal_by_name(&self, name: &str) -> Result<PrincipalRecord> {
-        let row = sqlx::query("SELECT * FROM principals WHERE name = ?")
+        let row = sqlx::query("SELECT * FROM principals WHERE name = $1")
             .bind(name)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.read().await?)
             .await?;
         row.as_ref()
             .map(principal)
@@ -376,7 +499,7 @@ impl TenantStore {
     /// Every principal.
     pub async fn principals(&self) -> Result<Vec<PrincipalRecord>> {
         let rows = sqlx::query("SELECT * FROM principals ORDER BY name")
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.read().await?)
             .await?;
         rows.iter().map(principal).collect()
     }
@@ -389,7 +512,7 @@ impl TenantStore {
         let mut tx = self.write().await?;
         let inserted = sqlx::query(
             "INSERT INTO agents (id, name, owner_id, purpose, status, renew_by, created_by, \
-             created_at, status_changed_at) VALUES (?, ?, ?, ?, 'draft', ?, ?, ?, ?)",
+             created_at, status_changed_at) VALUES ($1, $2, $3, $4, 'draft', $5, $6, $7, $8)",
         )
         .bind(&id)
         .bind(a.name)
@@ -410,7 +533,7 @@ impl TenantStore {
             }
             r => r?,
         };
-        event(
+        event_in(
             &mut tx,
             a.now,
             a.actor,
@@ -425,9 +548,9 @@ impl TenantStore {
 
     /// An agent by name.
     pub async fn agent_by_name(&self, name: &str) -> Result<AgentRecord> {
-        let row = sqlx::query(concat!(select_agents!(), " WHERE a.name = ?"))
+        let row = sqlx::query(concat!(select_agents!(), " WHERE a.name = $1"))
             .bind(name)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.read().await?)
             .await?;
         row.as_ref()
             .map(agent)
@@ -437,9 +560,9 @@ impl TenantStore {
 
     /// An agent by id.
     pub async fn agent_by_id(&self, id: &str) -> Result<AgentRecord> {
-        let row = sqlx::query(concat!(select_agents!(), " WHERE a.id = ?"))
+        let row = sqlx::query(concat!(select_agents!(), " WHERE a.id = $1"))
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.read().await?)
             .await?;
         row.as_ref()
             .map(agent)
@@ -450,7 +573,7 @@ impl TenantStore {
     /// Every agent.
     pub async fn agents(&self) -> Result<Vec<AgentRecord>> {
         let rows = sqlx::query(concat!(select_agents!(), " ORDER BY a.name"))
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.read().await?)
             .await?;
         rows.iter().map(agent).collect()
     }
@@ -467,14 +590,14 @@ impl TenantStore {
         now: i64,
     ) -> Result<()> {
         let mut tx = self.write().await?;
-        let name: Option<String> = sqlx::query_scalar("SELECT name FROM agents WHERE id = ?")
+        let name: Option<String> = sqlx::query_scalar("SELECT name FROM agents WHERE id = $1")
             .bind(agent_id)
             .fetch_optional(&mut *tx)
             .await?;
         let Some(name) = name else {
             return Err(Error::NotFound(format!("agent `{agent_id}`")));
         };
-        sqlx::query("UPDATE agents SET status = ?, status_changed_at = ? WHERE id = ?")
+        sqlx::query("UPDATE agents SET status = $1, status_changed_at = $2 WHERE id = $3")
             .bind(status.as_str())
             .bind(now)
             .bind(agent_id)
@@ -484,7 +607,7 @@ impl TenantStore {
             for table in ["agent_credentials", "access_tokens"] {
                 // `table` is one of two literals above, never input.
                 sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "UPDATE {table} SET revoked_at = ? WHERE agent_id = ? AND revoked_at IS NULL"
+                    "UPDATE {table} SET revoked_at = $1 WHERE agent_id = $2 AND revoked_at IS NULL"
                 )))
                 .bind(now)
                 .bind(agent_id)
@@ -492,7 +615,7 @@ impl TenantStore {
                 .await?;
             }
             sqlx::query(
-                "UPDATE grants SET revoked_at = ?, revoked_by = ? WHERE agent_id = ? AND revoked_at IS NULL",
+                "UPDATE grants SET revoked_at = $1, revoked_by = $2 WHERE agent_id = $3 AND revoked_at IS NULL",
             )
             .bind(now)
             .bind(actor)
@@ -500,7 +623,7 @@ impl TenantStore {
             .execute(&mut *tx)
             .await?;
         }
-        event(
+        event_in(
             &mut tx,
             now,
             actor,
@@ -522,19 +645,19 @@ impl TenantStore {
         now: i64,
     ) -> Result<()> {
         let mut tx = self.write().await?;
-        let name: Option<String> = sqlx::query_scalar("SELECT name FROM agents WHERE id = ?")
+        let name: Option<String> = sqlx::query_scalar("SELECT name FROM agents WHERE id = $1")
             .bind(agent_id)
             .fetch_optional(&mut *tx)
             .await?;
         let Some(name) = name else {
             return Err(Error::NotFound(format!("agent `{agent_id}`")));
         };
-        sqlx::query("UPDATE agents SET renew_by = ? WHERE id = ?")
+        sqlx::query("UPDATE agents SET renew_by = $1 WHERE id = $2")
             .bind(renew_by)
             .bind(agent_id)
             .execute(&mut *tx)
             .await?;
-        event(
+        event_in(
             &mut tx,
             now,
             actor,
@@ -553,18 +676,17 @@ impl TenantStore {
     pub async fn call_generation(&self) -> Result<i64> {
         Ok(
             sqlx::query_scalar("SELECT gen FROM call_generation WHERE id = 1")
-                .fetch_one(&self.pool)
+                .fetch_one(&mut *self.read().await?)
                 .await?,
         )
     }
 
     /// Records that the agent was active now.
     pub async fn touch_agent(&self, agent_id: &str, now: i64) -> Result<()> {
-        sqlx::query("UPDATE agents SET last_active_at = ? WHERE id = ?")
+        let query = sqlx::query("UPDATE agents SET last_active_at = $1 WHERE id = $2")
             .bind(now)
-            .bind(agent_id)
-            .execute(&self.pool)
-            .await?;
+            .bind(agent_id);
+        self.execute_one(query).await?;
         Ok(())
     }
 
@@ -579,7 +701,7 @@ impl TenantStore {
         now: i64,
     ) -> Result<()> {
         let mut tx = self.write().await?;
-        let name: Option<String> = sqlx::query_scalar("SELECT name FROM agents WHERE id = ?")
+        let name: Option<String> = sqlx::query_scalar("SELECT name FROM agents WHERE id = $1")
             .bind(agent_id)
             .fetch_optional(&mut *tx)
             .await?;
@@ -587,7 +709,7 @@ impl TenantStore {
             return Err(Error::NotFound(format!("agent `{agent_id}`")));
         };
         sqlx::query(
-            "INSERT INTO agent_credentials (key_hash, agent_id, created_by, created_at) VALUES (?, ?, ?, ?)",
+            "INSERT INTO agent_credentials (key_hash, agent_id, created_by, created_at) VALUES ($1, $2, $3, $4)",
         )
         .bind(key_hash)
         .bind(agent_id)
@@ -595,7 +717,7 @@ impl TenantStore {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        event(
+        event_in(
             &mut tx,
             now,
             actor,
@@ -611,10 +733,10 @@ impl TenantStore {
     /// The agent owning a live credential with this hash.
     pub async fn credential_agent(&self, key_hash: &str) -> Result<Option<String>> {
         Ok(sqlx::query_scalar(
-            "SELECT agent_id FROM agent_credentials WHERE key_hash = ? AND revoked_at IS NULL",
+            "SELECT agent_id FROM agent_credentials WHERE key_hash = $1 AND revoked_at IS NULL",
         )
         .bind(key_hash)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.read().await?)
         .await?)
     }
 
@@ -626,7 +748,7 @@ impl TenantStore {
             .map(|t| serde_json::to_string(t).unwrap_or_default());
         let mut tx = self.write().await?;
         sqlx::query(
-            "INSERT INTO access_tokens (key_hash, agent_id, tools, issued_at, expires_at) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO access_tokens (key_hash, agent_id, tools, issued_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(key_hash)
         .bind(&token.agent_id)
@@ -637,7 +759,7 @@ impl TenantStore {
         .await?;
         // Token issuance is in the history (and so in the audit trail); the
         // token itself never is.
-        event(
+        event_in(
             &mut tx,
             token.issued_at,
             &format!("agent:{agent}"),
@@ -653,10 +775,10 @@ impl TenantStore {
     /// The access token with this hash, revoked or not.
     pub async fn token(&self, key_hash: &str) -> Result<Option<TokenRecord>> {
         let row = sqlx::query(
-            "SELECT agent_id, tools, issued_at, expires_at, revoked_at FROM access_tokens WHERE key_hash = ?",
+            "SELECT agent_id, tools, issued_at, expires_at, revoked_at FROM access_tokens WHERE key_hash = $1",
         )
         .bind(key_hash)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.read().await?)
         .await?;
         let Some(row) = row else { return Ok(None) };
         let tools: Option<String> = row.try_get("tools")?;
@@ -683,16 +805,14 @@ impl TenantStore {
     /// nothing.
     pub async fn publish(&self, v: NewToolVersion<'_>) -> Result<ToolVersionRecord> {
         let mut tx = self.write().await?;
-        sqlx::query(
-            "INSERT INTO blobs (sha256, bytes) VALUES (?, ?) ON CONFLICT (sha256) DO NOTHING",
-        )
-        .bind(v.sha256)
-        .bind(v.bytes)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query("INSERT INTO blobs (sha256, bytes) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(v.sha256)
+            .bind(v.bytes)
+            .execute(&mut *tx)
+            .await?;
         let inserted = sqlx::query(
             "INSERT INTO tool_versions (tool, version, sha256, manifest, published_by, published_at) \
-             VALUES (?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(v.tool)
         .bind(v.version)
@@ -711,7 +831,7 @@ impl TenantStore {
             }
             r => r?,
         };
-        event(
+        event_in(
             &mut tx,
             v.now,
             v.actor,
@@ -733,10 +853,10 @@ impl TenantStore {
 
     /// One published version.
     pub async fn tool_version(&self, tool: &str, version: &str) -> Result<ToolVersionRecord> {
-        let row = sqlx::query("SELECT * FROM tool_versions WHERE tool = ? AND version = ?")
+        let row = sqlx::query("SELECT * FROM tool_versions WHERE tool = $1 AND version = $2")
             .bind(tool)
             .bind(version)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.read().await?)
             .await?;
         row.as_ref()
             .map(tool_version)
@@ -747,7 +867,7 @@ impl TenantStore {
     /// Every published version, by tool then publication order.
     pub async fn tool_versions(&self) -> Result<Vec<ToolVersionRecord>> {
         let rows = sqlx::query("SELECT * FROM tool_versions ORDER BY tool, published_at, version")
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.read().await?)
             .await?;
         rows.iter().map(tool_version).collect()
     }
@@ -755,10 +875,11 @@ impl TenantStore {
     /// The component bytes stored under `sha256`, checked against their hash.
     pub async fn blob(&self, sha256: &str) -> Result<Vec<u8>> {
         use sha2::{Digest, Sha256};
-        let bytes: Option<Vec<u8>> = sqlx::query_scalar("SELECT bytes FROM blobs WHERE sha256 = ?")
-            .bind(sha256)
-            .fetch_optional(&self.pool)
-            .await?;
+        let bytes: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT bytes FROM blobs WHERE sha256 = $1")
+                .bind(sha256)
+                .fetch_optional(&mut *self.read().await?)
+                .await?;
         let bytes = bytes.ok_or_else(|| Error::NotFound(format!("component {sha256}")))?;
         let actual = hex::encode(Sha256::digest(&bytes));
         if actual != sha256 {
@@ -781,7 +902,7 @@ impl TenantStore {
         let mut tx = self.write().await?;
         let seq: i64 = sqlx::query_scalar(
             "INSERT INTO deployments (tool, version, kind, deployed_by, deployed_at) \
-             VALUES (?, ?, ?, ?, ?) RETURNING seq",
+             VALUES ($1, $2, $3, $4, $5) RETURNING seq",
         )
         .bind(tool)
         .bind(version)
@@ -790,7 +911,7 @@ impl TenantStore {
         .bind(now)
         .fetch_one(&mut *tx)
         .await?;
-        event(
+        event_in(
             &mut tx,
             now,
             actor,
@@ -812,9 +933,9 @@ impl TenantStore {
 
     /// Deployments of a tool, newest first.
     pub async fn deployments(&self, tool: &str) -> Result<Vec<DeploymentRecord>> {
-        let rows = sqlx::query("SELECT * FROM deployments WHERE tool = ? ORDER BY seq DESC")
+        let rows = sqlx::query("SELECT * FROM deployments WHERE tool = $1 ORDER BY seq DESC")
             .bind(tool)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.read().await?)
             .await?;
         rows.iter().map(deployment).collect()
     }
@@ -824,10 +945,10 @@ impl TenantStore {
         let row = sqlx::query(
             "SELECT v.* FROM deployments d JOIN tool_versions v \
              ON v.tool = d.tool AND v.version = d.version \
-             WHERE d.tool = ? ORDER BY d.seq DESC LIMIT 1",
+             WHERE d.tool = $1 ORDER BY d.seq DESC LIMIT 1",
         )
         .bind(tool)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.read().await?)
         .await?;
         row.as_ref().map(tool_version).transpose()
     }
@@ -839,7 +960,7 @@ impl TenantStore {
     pub async fn add_grant(&self, g: NewGrant<'_>) -> Result<GrantRecord> {
         let id = new_id("g")?;
         let mut tx = self.write().await?;
-        let agent: Option<String> = sqlx::query_scalar("SELECT name FROM agents WHERE id = ?")
+        let agent: Option<String> = sqlx::query_scalar("SELECT name FROM agents WHERE id = $1")
             .bind(g.agent_id)
             .fetch_optional(&mut *tx)
             .await?;
@@ -847,8 +968,8 @@ impl TenantStore {
             return Err(Error::NotFound(format!("agent `{}`", g.agent_id)));
         };
         let replaced = sqlx::query(
-            "UPDATE grants SET revoked_at = ?, revoked_by = ? \
-             WHERE agent_id = ? AND tool = ? AND revoked_at IS NULL",
+            "UPDATE grants SET revoked_at = $1, revoked_by = $2 \
+             WHERE agent_id = $3 AND tool = $4 AND revoked_at IS NULL",
         )
         .bind(g.now)
         .bind(g.actor)
@@ -859,7 +980,7 @@ impl TenantStore {
         .rows_affected();
         sqlx::query(
             "INSERT INTO grants (id, agent_id, tool, spec, expires_at, created_by, created_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(&id)
         .bind(g.agent_id)
@@ -870,7 +991,7 @@ impl TenantStore {
         .bind(g.now)
         .execute(&mut *tx)
         .await?;
-        event(
+        event_in(
             &mut tx,
             g.now,
             g.actor,
@@ -903,7 +1024,7 @@ impl TenantStore {
         now: i64,
     ) -> Result<bool> {
         let mut tx = self.write().await?;
-        let agent: Option<String> = sqlx::query_scalar("SELECT name FROM agents WHERE id = ?")
+        let agent: Option<String> = sqlx::query_scalar("SELECT name FROM agents WHERE id = $1")
             .bind(agent_id)
             .fetch_optional(&mut *tx)
             .await?;
@@ -911,8 +1032,8 @@ impl TenantStore {
             return Err(Error::NotFound(format!("agent `{agent_id}`")));
         };
         let n = sqlx::query(
-            "UPDATE grants SET revoked_at = ?, revoked_by = ? \
-             WHERE agent_id = ? AND tool = ? AND revoked_at IS NULL",
+            "UPDATE grants SET revoked_at = $1, revoked_by = $2 \
+             WHERE agent_id = $3 AND tool = $4 AND revoked_at IS NULL",
         )
         .bind(now)
         .bind(actor)
@@ -924,7 +1045,7 @@ impl TenantStore {
         if n == 0 {
             return Ok(false);
         }
-        event(
+        event_in(
             &mut tx,
             now,
             actor,
@@ -941,11 +1062,11 @@ impl TenantStore {
     pub async fn live_grant(&self, agent_id: &str, tool: &str) -> Result<Option<GrantRecord>> {
         let row = sqlx::query(concat!(
             select_grants!(),
-            " WHERE g.agent_id = ? AND g.tool = ? AND g.revoked_at IS NULL"
+            " WHERE g.agent_id = $1 AND g.tool = $2 AND g.revoked_at IS NULL"
         ))
         .bind(agent_id)
         .bind(tool)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.read().await?)
         .await?;
         row.as_ref().map(grant).transpose()
     }
@@ -958,12 +1079,12 @@ impl TenantStore {
     ) -> Result<Vec<GrantRecord>> {
         let rows = sqlx::query(concat!(
             select_grants!(),
-            " WHERE (?1 IS NULL OR g.agent_id = ?1) \
-                 AND (?2 OR g.revoked_at IS NULL) ORDER BY a.name, g.tool, g.created_at"
+            " WHERE ($1 IS NULL OR g.agent_id = $1) \
+                 AND ($2 OR g.revoked_at IS NULL) ORDER BY a.name, g.tool, g.created_at"
         ))
         .bind(agent_id)
         .bind(include_revoked)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.read().await?)
         .await?;
         rows.iter().map(grant).collect()
     }
@@ -978,7 +1099,7 @@ impl TenantStore {
             .fetch_one(&mut *tx)
             .await?;
         sqlx::query(
-            "INSERT INTO policies (version, text, sha256, created_by, created_at) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO policies (version, text, sha256, created_by, created_at) VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(version)
         .bind(text)
@@ -987,7 +1108,7 @@ impl TenantStore {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        event(
+        event_in(
             &mut tx,
             now,
             actor,
@@ -1005,7 +1126,7 @@ impl TenantStore {
     pub async fn policy(&self, version: Option<i64>) -> Result<Option<PolicyRecord>> {
         let q = match version {
             Some(_) => {
-                "SELECT version, text, sha256, created_by, created_at FROM policies WHERE version = ?"
+                "SELECT version, text, sha256, created_by, created_at FROM policies WHERE version = $1"
             }
             None => {
                 "SELECT version, text, sha256, created_by, created_at FROM policies ORDER BY version DESC LIMIT 1"
@@ -1015,7 +1136,7 @@ impl TenantStore {
         if let Some(v) = version {
             query = query.bind(v);
         }
-        let Some(r) = query.fetch_optional(&self.pool).await? else {
+        let Some(r) = query.fetch_optional(&mut *self.read().await?).await? else {
             return Ok(None);
         };
         Ok(Some(PolicyRecord {

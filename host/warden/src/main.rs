@@ -34,6 +34,19 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+enum DbCommand {
+    /// Create or update Warden's tables, row-level security policies and
+    /// grants in a PostgreSQL database. Run as the role that owns the tables
+    /// (never the one `serve --database` uses); the `warden_app` role must
+    /// exist (see README, "PostgreSQL").
+    Migrate {
+        /// `postgres://…` of the owner role.
+        #[arg(long, env = "WARDEN_DATABASE_OWNER", hide_env_values = true)]
+        owner: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum Command {
     /// Run one action of a tool component under a grant.
     Run {
@@ -93,6 +106,9 @@ enum Command {
         #[arg(long, default_value_t = 1_000_000)]
         count: u64,
     },
+    /// PostgreSQL schema: `warden db migrate --owner postgres://owner@…`.
+    #[command(subcommand)]
+    Db(DbCommand),
     /// (agent) Serve MCP over stdin/stdout for the token's agent.
     Mcp {
         #[arg(long, env = "WARDEN_TOKEN", hide_env_values = true)]
@@ -221,6 +237,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             allowed_origins,
         } => ops::serve(common, &listen, allowed_origins).await,
         Command::Mcp { token } => ops::mcp(common, token).await,
+        Command::Db(DbCommand::Migrate { owner }) => ops::db_migrate(&owner).await,
         Command::Bench {
             url,
             token,

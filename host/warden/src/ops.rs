@@ -40,6 +40,48 @@ pub struct Common {
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Keep the store in this PostgreSQL database (`postgres://…` of the
+    /// application role, which must not own the tables) instead of the
+    /// SQLite files in the data directory. Several nodes may share it.
+    #[arg(long, env = "WARDEN_DATABASE", global = true, hide_env_values = true)]
+    pub database: Option<String>,
+    /// Connections this process keeps to PostgreSQL.
+    #[arg(long, env = "WARDEN_DB_POOL", global = true, default_value_t = 16)]
+    pub db_pool: u32,
+}
+
+/// `--database` checked: a PostgreSQL URL, or nothing (SQLite).
+pub(crate) fn postgres_options(
+    common: &Common,
+) -> anyhow::Result<Option<warden_store::PostgresOptions>> {
+    let Some(url) = common.database.as_deref().filter(|u| !u.is_empty()) else {
+        return Ok(None);
+    };
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        bail!(
+            "--database must be a postgres:// URL (SQLite, the default, needs no --database: it lives in the data directory)"
+        );
+    }
+    if !(1..=1000).contains(&common.db_pool) {
+        bail!("--db-pool must be 1-1000");
+    }
+    Ok(Some(warden_store::PostgresOptions {
+        url: url.to_owned(),
+        max_connections: common.db_pool,
+    }))
+}
+
+/// `warden db migrate`: brings a PostgreSQL database to this build's schema,
+/// as the tables' owner.
+pub async fn db_migrate(owner_url: &str) -> anyhow::Result<ExitCode> {
+    if !(owner_url.starts_with("postgres://") || owner_url.starts_with("postgresql://")) {
+        bail!("--owner must be a postgres:// URL of the role that owns Warden's tables");
+    }
+    warden_store::Store::migrate_postgres(owner_url)
+        .await
+        .context("migrating the PostgreSQL database")?;
+    eprintln!("warden: the PostgreSQL schema is current");
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Debug, Subcommand)]
@@ -345,6 +387,7 @@ pub(crate) async fn open(common: &Common) -> anyhow::Result<warden_service::Open
     };
     let mut config = Config::new(dir.clone());
     config.cache_dir = crate::cache_dir();
+    config.database = postgres_options(common)?;
     if let Some(env) = std::env::var("WARDEN_ENV").ok().filter(|e| !e.is_empty()) {
         config.env = env;
     }
