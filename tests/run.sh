@@ -7,6 +7,17 @@ cd "$(dirname "$0")/.."
 echo "== setup"
 # Listing the target in rust-toolchain.toml does not install it; this does (idempotent).
 rustup target add wasm32-wasip2
+# PostgreSQL 15 server binaries: the storage and several-node tests start a
+# throwaway cluster of their own (as the `postgres` user when run as root).
+pg_bin="${WARDEN_PG_BIN:-/usr/lib/postgresql/15/bin}"
+if [ ! -x "$pg_bin/initdb" ] || [ ! -x "$pg_bin/pg_ctl" ]; then
+    echo "PostgreSQL 15 server binaries not found in $pg_bin (install postgresql-15, or set WARDEN_PG_BIN)" >&2
+    exit 1
+fi
+if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
+    echo "running as root: the tests run PostgreSQL as the 'postgres' user, which does not exist" >&2
+    exit 1
+fi
 # The official Python MCP client for the MCP tests, in a venv inside the build
 # tree (created once; the tests create it themselves when run without this).
 if [ ! -x target/py-venv/bin/python ]; then

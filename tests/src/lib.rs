@@ -2,6 +2,8 @@
 //! guest components built by `build.rs`, grants from TOML, a runtime with a
 //! shared compile cache, and a small loopback HTTP server.
 
+pub mod pg;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;

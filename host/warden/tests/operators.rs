@@ -1,135 +1,21 @@
 //! `warden serve` and the governance commands as a newcomer uses them, in the
 //! order the README walks through them.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::Output;
 use std::time::Duration;
 
+use common::{admin_key, http, ok_json, start_serve, stdout, warden, warden_with};
 use serde_json::Value;
 use warden_tests::{guest, root};
-
-fn warden(data: &Path, key: Option<&str>, args: &[&str]) -> Output {
-    warden_with(data, key, args, &[])
-}
-
-/// Runs the CLI with a clean environment: no operator key, token, server or
-/// config file from the developer's shell.
-fn warden_with(data: &Path, key: Option<&str>, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_warden"));
-    cmd.args(args)
-        .env("WARDEN_DATA_DIR", data)
-        .env("XDG_CONFIG_HOME", data.join("no-config"))
-        .env_remove("WARDEN_SERVER")
-        .env_remove("WARDEN_CONFIG")
-        .env("WARDEN_CACHE_DIR", root().join("target/warden-test-cache"))
-        .env_remove("WARDEN_KEY")
-        .env_remove("WARDEN_TOKEN")
-        .env_remove("WARDEN_CREDENTIAL");
-    if let Some(k) = key {
-        cmd.env("WARDEN_KEY", k);
-    }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("run warden")
-}
-
-fn ok_json(o: &Output) -> Value {
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    serde_json::from_slice(&o.stdout).expect("stdout is JSON")
-}
-
-fn stdout(o: &Output) -> String {
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "stderr: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// A running `warden serve`, killed on drop.
-struct Server {
-    child: std::process::Child,
-    printed: String,
-    url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Starts `warden serve`, waits for its "serving" line, stops it, and returns
 /// everything it printed on stderr.
 fn serve_once(data: &Path) -> String {
     let server = start_serve(data);
     server.printed.clone()
-}
-
-/// Starts `warden serve` on a free loopback port and waits until it serves.
-fn start_serve(data: &Path) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .env("WARDEN_DATA_DIR", data)
-        .env("WARDEN_CACHE_DIR", root().join("target/warden-test-cache"))
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start warden serve");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut seen = String::new();
-    loop {
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(line) => {
-                seen.push_str(&line);
-                seen.push('\n');
-                if line.contains("serving") {
-                    break;
-                }
-            }
-            Err(e) => {
-                let _ = child.kill();
-                panic!("warden serve did not start ({e}); it printed:\n{seen}");
-            }
-        }
-    }
-    let url = seen
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .expect("the serving line names its address")
-        .to_owned();
-    Server {
-        child,
-        printed: seen,
-        url,
-    }
-}
-
-fn admin_key(printed: &str) -> Option<String> {
-    printed
-        .split_whitespace()
-        .find(|w| w.starts_with("wdn_admin_"))
-        .map(|w| w.trim_start_matches("WARDEN_KEY=").to_owned())
 }
 
 #[test]
@@ -586,37 +472,6 @@ when { context.args.hasTag("subject") && context.args.getTag("subject") like "*u
     let nokey = run(None, &["inventory"]);
     assert_ne!(nokey.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&nokey.stderr).contains("WARDEN_KEY"));
-}
-
-/// One HTTP/1.1 request on a fresh connection; returns (status, body).
-fn http(
-    url: &str,
-    method: &str,
-    path: &str,
-    token: &str,
-    body: &str,
-    id: &str,
-) -> std::io::Result<(u16, Value)> {
-    use std::io::{Read, Write};
-    let addr = url.trim_start_matches("http://");
-    let mut s = std::net::TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nx-request-id: {id}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw);
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::other("no status line"))?;
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    let v = serde_json::from_str(body).map_err(|_| std::io::Error::other("incomplete body"))?;
-    Ok((status, v))
 }
 
 /// Kill the server (SIGKILL) in the middle of a load of calls and restart
