@@ -22,11 +22,27 @@ struct Env {
     admin_key: String,
     /// Every secret handed out, for the hashed-storage test.
     secrets: Vec<String>,
+    /// The PostgreSQL cluster the store lives in, when not SQLite.
+    _pg: Option<warden_tests::pg::Postgres>,
 }
 
 async fn env() -> Env {
+    env_with(None).await
+}
+
+/// An [`env`] whose store is a throwaway PostgreSQL (row-level security,
+/// shared counters), for the tests that run on both backends.
+async fn env_on_postgres() -> Env {
+    env_with(Some(warden_tests::pg::Postgres::start().await)).await
+}
+
+async fn env_with(pg: Option<warden_tests::pg::Postgres>) -> Env {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (w, key, clock) = open(dir.path()).await;
+    let database = pg.as_ref().map(|pg| warden_store::PostgresOptions {
+        url: pg.app_url(),
+        max_connections: 8,
+    });
+    let (w, key, clock) = open_on(dir.path(), database).await;
     let key = key.expect("first start prints the admin key");
     let admin = w.authenticate(&key).await.expect("admin key works");
     assert_eq!(admin, Caller::Admin);
@@ -37,13 +53,22 @@ async fn env() -> Env {
         admin,
         admin_key: key.clone(),
         secrets: vec![key],
+        _pg: pg,
     }
 }
 
 async fn open(dir: &std::path::Path) -> (Warden, Option<String>, Arc<AtomicI64>) {
+    open_on(dir, None).await
+}
+
+async fn open_on(
+    dir: &std::path::Path,
+    database: Option<warden_store::PostgresOptions>,
+) -> (Warden, Option<String>, Arc<AtomicI64>) {
     let clock = Arc::new(AtomicI64::new(START));
     let c = clock.clone();
     let mut config = Config::new(dir.to_owned());
+    config.database = database;
     config.cache_dir = Some(root().join("target/warden-test-cache"));
     config.clock = Arc::new(move || c.load(Ordering::SeqCst));
     let opened = Warden::open(config).await.expect("data directory opens");
@@ -1313,7 +1338,17 @@ async fn changes_by_another_process_reach_the_next_call_through_the_cache() {
 /// and allow again in the next window. Refusals are audited with the rule.
 #[tokio::test]
 async fn rate_limits_quotas_and_the_fuel_budget_hold_at_their_boundaries() {
-    let mut e = env().await;
+    rate_limits_quotas_and_the_fuel_budget_hold_at_their_boundaries_on(env().await).await;
+}
+
+/// The same on PostgreSQL.
+#[tokio::test]
+async fn rate_limits_quotas_and_the_fuel_budget_hold_at_their_boundaries_on_postgres() {
+    rate_limits_quotas_and_the_fuel_budget_hold_at_their_boundaries_on(env_on_postgres().await)
+        .await;
+}
+
+async fn rate_limits_quotas_and_the_fuel_budget_hold_at_their_boundaries_on(mut e: Env) {
     let deployer = greeter_and_kv(&mut e).await;
     let mut greeter = greeter_grant();
     greeter.rate = Some(warden_policy::RateGrant {
@@ -2166,7 +2201,16 @@ use warden_service::approvals::Vote;
 /// call, once, and the agent collects the result by approval or invocation id.
 #[tokio::test]
 async fn held_calls_run_once_approved_and_never_otherwise() {
-    let mut e = env().await;
+    held_calls_run_once_approved_and_never_otherwise_on(env().await).await;
+}
+
+/// The same on PostgreSQL.
+#[tokio::test]
+async fn held_calls_run_once_approved_and_never_otherwise_on_postgres() {
+    held_calls_run_once_approved_and_never_otherwise_on(env_on_postgres().await).await;
+}
+
+async fn held_calls_run_once_approved_and_never_otherwise_on(mut e: Env) {
     let mut a = approval_env(&mut e).await;
 
     // Approve: runs once, now; the agent reads the result.
@@ -2289,7 +2333,16 @@ async fn held_calls_run_once_approved_and_never_otherwise() {
 /// agent itself (an agent token is not an operator key).
 #[tokio::test]
 async fn quorum_veto_and_approver_authority() {
-    let mut e = env().await;
+    quorum_veto_and_approver_authority_on(env().await).await;
+}
+
+/// The same on PostgreSQL.
+#[tokio::test]
+async fn quorum_veto_and_approver_authority_on_postgres() {
+    quorum_veto_and_approver_authority_on(env_on_postgres().await).await;
+}
+
+async fn quorum_veto_and_approver_authority_on(mut e: Env) {
     let a = approval_env(&mut e).await;
     e.w.set_setting(&a.deployer, "approvals_required", "2")
         .await
@@ -2541,7 +2594,16 @@ async fn restart_runs_approved_calls_once_and_aborts_suspended_ones() {
 /// sees a denial and the value is never written.
 #[tokio::test]
 async fn holds_inside_a_call_suspend_until_decided() {
-    let mut e = env().await;
+    holds_inside_a_call_suspend_until_decided_on(env().await).await;
+}
+
+/// The same on PostgreSQL.
+#[tokio::test]
+async fn holds_inside_a_call_suspend_until_decided_on_postgres() {
+    holds_inside_a_call_suspend_until_decided_on(env_on_postgres().await).await;
+}
+
+async fn holds_inside_a_call_suspend_until_decided_on(mut e: Env) {
     let a = approval_env(&mut e).await;
     let approve = async {
         let v = first_pending(&e, &a.alice).await;
@@ -2638,4 +2700,63 @@ async fn holds_inside_a_call_suspend_until_decided() {
         matches!(&ev.decision, warden_policy::Decision::Deny { rule, .. } if rule == "approval.expired"),
         "{ev:?}"
     );
+}
+
+/// Several nodes on one PostgreSQL: a starting node leaves another node's
+/// in-flight hold alone while that node beats, and aborts (and records) it
+/// once the owner has been silent for 30 s. (SQLite, one process per data
+/// directory, aborts every in-flight hold at start; see the restart test.)
+#[tokio::test]
+async fn a_node_aborts_another_nodes_hold_only_when_its_owner_is_silent() {
+    let mut e = env_on_postgres().await;
+    let a = approval_env(&mut e).await;
+    let url = e._pg.as_ref().map(|pg| pg.app_url()).expect("postgres");
+    let second = |e: &Env| {
+        let dir = e.dir.path().to_owned();
+        let url = url.clone();
+        async move {
+            open_on(
+                &dir,
+                Some(warden_store::PostgresOptions {
+                    url,
+                    max_connections: 4,
+                }),
+            )
+            .await
+        }
+    };
+    // Node one suspends a call on a held payroll write.
+    let put =
+        e.w.invoke(&a.bot, "kv", "put", r#"{"key":"payroll-1","value":"9"}"#);
+    let held = tokio::select! {
+        r = put => panic!("the held write finished: {r:?}"),
+        v = first_pending(&e, &a.alice) => v.approval,
+    };
+    assert_eq!(held.kind, "import");
+    assert_eq!(held.owner_node.as_deref(), Some(e.w.node_id()));
+    // Node two starts: node one's hold is live (fresh heartbeat), kept.
+    let (two, key, clock2) = second(&e).await;
+    assert_eq!(
+        key, None,
+        "the admin key is not shown again by a second node"
+    );
+    assert_ne!(two.node_id(), e.w.node_id());
+    clock2.store(e.clock.load(Ordering::SeqCst), Ordering::SeqCst);
+    let r = two.resume_approvals(true).await.expect("resume");
+    assert!(r.aborted.is_empty(), "{r:?}");
+    // 31 s later, but node one's sweep has beaten first: still kept.
+    e.advance(31);
+    clock2.fetch_add(31, Ordering::SeqCst);
+    e.w.resume_approvals(false).await.expect("node one sweeps");
+    let r = two.resume_approvals(false).await.expect("resume");
+    assert!(r.aborted.is_empty(), "{r:?}");
+    // Node one falls silent; 31 s later node two aborts the hold, once.
+    clock2.fetch_add(31, Ordering::SeqCst);
+    let r = two.resume_approvals(false).await.expect("resume");
+    assert_eq!(r.aborted, std::slice::from_ref(&held.id));
+    let r = two.resume_approvals(false).await.expect("resume");
+    assert!(r.aborted.is_empty(), "{r:?}");
+    let row = two.approval(&a.alice, &held.id).await.expect("approval");
+    assert_eq!(row.approval.status, "aborted");
+    two.close().await;
 }

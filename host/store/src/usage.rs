@@ -40,27 +40,36 @@ pub struct Admission {
 }
 
 impl TenantStore {
+    /// A transaction for counting, holding the (tenant, agent, tool) lock,
+    /// begun in one round trip. The lock key is a hash computed here, so
+    /// nothing but digits and the validated tenant name is inlined.
     async fn usage_tx(
         &self,
         agent: &str,
         tool: &str,
+        lock: bool,
     ) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
         if !self.postgres() {
             return self.write().await;
         }
-        let mut tx = self
+        let key = {
+            use sha2::Digest;
+            let d = sha2::Sha256::digest(format!("warden.usage\0{}\0{agent}\0{tool}", self.name()));
+            i64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+        };
+        let lock = if lock {
+            format!("; SELECT pg_advisory_xact_lock({key})")
+        } else {
+            String::new()
+        };
+        Ok(self
             .pool
             .begin_with(sqlx::AssertSqlSafe(format!(
                 "BEGIN; SELECT set_config('warden.tenant', '{}', true); \
-                 SET LOCAL synchronous_commit = off",
+                 SET LOCAL synchronous_commit = off{lock}",
                 self.name()
             )))
-            .await?;
-        sqlx::query("SELECT 1 FROM pg_advisory_xact_lock(hashtextextended($1, 0))")
-            .bind(format!("warden.usage:{}:{agent}:{tool}", self.name()))
-            .execute(&mut *tx)
-            .await?;
-        Ok(tx)
+            .await?)
     }
 
     /// Admits one call of `agent` on `tool` against `windows`, in order.
@@ -70,24 +79,43 @@ impl TenantStore {
         tool: &str,
         windows: &[UsageWindow<'_>],
     ) -> Result<Admission> {
-        let mut tx = self.usage_tx(agent, tool).await?;
-        let mut before = Vec::with_capacity(windows.len());
-        for w in windows {
-            let used: Option<i64> = sqlx::query(
-                "SELECT used FROM usage_counters \
-                 WHERE agent = $1 AND tool = $2 AND scope = $3 AND width = $4 AND bucket = $5",
-            )
-            .bind(agent)
-            .bind(tool)
-            .bind(w.scope)
-            .bind(w.width)
-            .bind(w.bucket)
-            .fetch_optional(&mut *tx)
-            .await?
-            .map(|r| r.try_get("used"))
-            .transpose()?;
-            before.push(used.unwrap_or(0));
+        let mut tx = self.usage_tx(agent, tool, true).await?;
+        // Every window's count in one query.
+        let mut q = String::from(
+            "SELECT scope, width, bucket, used FROM usage_counters WHERE agent = $1 AND tool = $2 AND (",
+        );
+        for i in 0..windows.len() {
+            let b = 3 + 3 * i;
+            if i > 0 {
+                q.push_str(" OR ");
+            }
+            q.push_str(&format!(
+                "(scope = ${b} AND width = ${} AND bucket = ${})",
+                b + 1,
+                b + 2
+            ));
         }
+        q.push(')');
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(q)).bind(agent).bind(tool);
+        for w in windows {
+            query = query.bind(w.scope).bind(w.width).bind(w.bucket);
+        }
+        let mut found = std::collections::HashMap::new();
+        for r in query.fetch_all(&mut *tx).await? {
+            let scope: String = r.try_get("scope")?;
+            let width: i64 = r.try_get("width")?;
+            let bucket: i64 = r.try_get("bucket")?;
+            found.insert((scope, width, bucket), r.try_get::<i64, _>("used")?);
+        }
+        let before: Vec<i64> = windows
+            .iter()
+            .map(|w| {
+                found
+                    .get(&(w.scope.to_owned(), w.width, w.bucket))
+                    .copied()
+                    .unwrap_or(0)
+            })
+            .collect();
         if let Some(i) = windows
             .iter()
             .zip(&before)
@@ -99,9 +127,8 @@ impl TenantStore {
                 refused: Some(i),
             });
         }
-        for w in windows.iter().filter(|w| w.count) {
-            add(&mut tx, agent, tool, w.scope, w.width, w.bucket, 1).await?;
-        }
+        let counted: Vec<&UsageWindow<'_>> = windows.iter().filter(|w| w.count).collect();
+        self.add(&mut tx, agent, tool, &counted, 1).await?;
         tx.commit().await?;
         Ok(Admission {
             before,
@@ -109,7 +136,8 @@ impl TenantStore {
         })
     }
 
-    /// Adds `amount` to one window (fuel burned by a finished call).
+    /// Adds `amount` to one window (fuel burned by a finished call). One
+    /// upsert is atomic by itself: no lock.
     pub async fn add_usage(
         &self,
         agent: &str,
@@ -119,46 +147,56 @@ impl TenantStore {
         bucket: i64,
         amount: i64,
     ) -> Result<()> {
-        let mut tx = self.usage_tx(agent, tool).await?;
-        add(&mut tx, agent, tool, scope, width, bucket, amount).await?;
+        let mut tx = self.usage_tx(agent, tool, false).await?;
+        let w = UsageWindow {
+            scope,
+            width,
+            bucket,
+            limit: None,
+            count: true,
+        };
+        self.add(&mut tx, agent, tool, &[&w], amount).await?;
         tx.commit().await?;
         Ok(())
     }
-}
 
-async fn add(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-    agent: &str,
-    tool: &str,
-    scope: &str,
-    width: i64,
-    bucket: i64,
-    amount: i64,
-) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO usage_counters (agent, tool, scope, width, bucket, used) \
-         VALUES ($1, $2, $3, $4, $5, $6) \
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(agent)
-    .bind(tool)
-    .bind(scope)
-    .bind(width)
-    .bind(bucket)
-    .bind(0_i64)
-    .execute(&mut **tx)
-    .await?;
-    sqlx::query(
-        "UPDATE usage_counters SET used = used + $1 \
-         WHERE agent = $2 AND tool = $3 AND scope = $4 AND width = $5 AND bucket = $6",
-    )
-    .bind(amount)
-    .bind(agent)
-    .bind(tool)
-    .bind(scope)
-    .bind(width)
-    .bind(bucket)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+    /// Adds `amount` to each window, creating rows as needed: one
+    /// multi-row upsert.
+    async fn add(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        agent: &str,
+        tool: &str,
+        windows: &[&UsageWindow<'_>],
+        amount: i64,
+    ) -> Result<()> {
+        if windows.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<String> = (0..windows.len())
+            .map(|i| {
+                let b = 4 + 3 * i;
+                format!("($1, $2, ${b}, ${}, ${}, $3)", b + 1, b + 2)
+            })
+            .collect();
+        let target = if self.postgres() {
+            "(tenant, agent, tool, scope, width, bucket)"
+        } else {
+            "(agent, tool, scope, width, bucket)"
+        };
+        let q = format!(
+            "INSERT INTO usage_counters (agent, tool, scope, width, bucket, used) VALUES {} \
+             ON CONFLICT {target} DO UPDATE SET used = usage_counters.used + excluded.used",
+            rows.join(", ")
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(q))
+            .bind(agent)
+            .bind(tool)
+            .bind(amount);
+        for w in windows {
+            query = query.bind(w.scope).bind(w.width).bind(w.bucket);
+        }
+        query.execute(&mut **tx).await?;
+        Ok(())
+    }
 }

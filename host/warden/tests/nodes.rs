@@ -387,7 +387,11 @@ fn durable_calls_per_second() {
         .unwrap_or(8);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let mut table = Vec::new();
+    let only = std::env::var("WARDEN_LOAD_BACKENDS").unwrap_or_default();
     for backend in ["sqlite", "postgres"] {
+        if !only.is_empty() && !only.contains(backend) {
+            continue;
+        }
         for nodes in [1, 2] {
             let pg = (backend == "postgres").then(|| rt.block_on(Postgres::start()));
             let dir = tempfile::tempdir().expect("tempdir");
