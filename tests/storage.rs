@@ -556,7 +556,11 @@ async fn store_suite_on_sqlite() {
 
 #[tokio::test]
 async fn store_suite_on_postgres() {
-    let pg = Postgres::start().await;
+    store_suite_on(&Postgres::start().await).await;
+}
+
+/// The store suite on `pg`, through the application role.
+async fn store_suite_on(pg: &Postgres) {
     let dir = tempfile::tempdir().expect("store call");
     let store = Store::open_postgres(
         dir.path(),
@@ -573,18 +577,7 @@ async fn store_suite_on_postgres() {
 
 /// Two tenants with data, made through the store as Warden makes them.
 async fn two_tenants(pg: &Postgres) {
-    let dir = tempfile::tempdir().expect("store call");
-    let store = Store::open_postgres(
-        dir.path(),
-        &PostgresOptions {
-            url: pg.app_url(),
-            max_connections: 2,
-        },
-    )
-    .await
-    .expect("store call");
-    store_suite(&store).await;
-    store.close().await;
+    store_suite_on(pg).await;
 }
 
 /// Every tenant-scoped table.
@@ -611,6 +604,21 @@ const TABLES: [&str; 20] = [
     "usage_counters",
 ];
 
+/// A transaction on `app` with `warden.tenant` set to `tenant` (as the
+/// store begins every transaction).
+async fn scoped<'c>(
+    app: &'c mut PgConnection,
+    tenant: &str,
+) -> sqlx::Transaction<'c, sqlx::Postgres> {
+    let mut tx = app.begin().await.expect("begin");
+    sqlx::query("SELECT set_config('warden.tenant', $1, true)")
+        .bind(tenant)
+        .execute(&mut *tx)
+        .await
+        .expect("set the tenant");
+    tx
+}
+
 async fn count(c: &mut PgConnection, table: &str) -> i64 {
     sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
         .fetch_one(c)
@@ -634,12 +642,7 @@ async fn tenant_attacks_are_refused_or_empty_by_postgres() {
     // The setup really wrote rows for both tenants (seen with each scope).
     let mut per_tenant = Vec::new();
     for t in ["acme", "beta"] {
-        let mut tx = app.begin().await.expect("store call");
-        sqlx::query("SELECT set_config('warden.tenant', $1, true)")
-            .bind(t)
-            .execute(&mut *tx)
-            .await
-            .expect("store call");
+        let mut tx = scoped(&mut app, t).await;
         per_tenant.push(count(&mut tx, "principals").await);
         // Scoped to one tenant, a query naming the other finds nothing.
         let other = if t == "acme" { "beta" } else { "acme" };
@@ -659,10 +662,7 @@ async fn tenant_attacks_are_refused_or_empty_by_postgres() {
         assert_eq!(count(&mut app, table).await, 0, "unscoped {table}");
     }
     // ... and an empty setting is no better.
-    let mut tx = app.begin().await.expect("store call");
-    tx.execute("SELECT set_config('warden.tenant', '', true)")
-        .await
-        .expect("store call");
+    let mut tx = scoped(&mut app, "").await;
     for table in TABLES {
         assert_eq!(count(&mut tx, table).await, 0, "empty-scoped {table}");
     }
@@ -691,10 +691,7 @@ async fn tenant_attacks_are_refused_or_empty_by_postgres() {
 
     // 2. Scoped to acme, rows stamped with beta's id are refused, and
     //    beta's rows cannot be reached or moved.
-    let mut tx = app.begin().await.expect("store call");
-    tx.execute("SELECT set_config('warden.tenant', 'acme', true)")
-        .await
-        .expect("store call");
+    let mut tx = scoped(&mut app, "acme").await;
     let e = tx
         .execute(
             "INSERT INTO settings (tenant, key, value, changed_by, changed_at) \
@@ -704,10 +701,7 @@ async fn tenant_attacks_are_refused_or_empty_by_postgres() {
         .expect_err("must be refused");
     assert!(refused_by_rls(&e), "{e}");
     tx.rollback().await.expect("store call");
-    let mut tx = app.begin().await.expect("store call");
-    tx.execute("SELECT set_config('warden.tenant', 'acme', true)")
-        .await
-        .expect("store call");
+    let mut tx = scoped(&mut app, "acme").await;
     let moved = tx
         .execute("UPDATE agents SET status = 'active' WHERE tenant = 'beta'")
         .await
@@ -724,10 +718,7 @@ async fn tenant_attacks_are_refused_or_empty_by_postgres() {
     // 3. Changing the tenant inside a transaction: every statement sees
     //    exactly one tenant. Rows written as acme vanish from view once the
     //    setting says beta and cannot be touched; beta's view is beta's only.
-    let mut tx = app.begin().await.expect("store call");
-    tx.execute("SELECT set_config('warden.tenant', 'acme', true)")
-        .await
-        .expect("store call");
+    let mut tx = scoped(&mut app, "acme").await;
     tx.execute(
         "INSERT INTO settings (key, value, changed_by, changed_at) VALUES ('smuggled', 'v', 'x', 0)",
     )
@@ -754,18 +745,12 @@ async fn tenant_attacks_are_refused_or_empty_by_postgres() {
     tx.rollback().await.expect("store call");
     //    The setting ends with its transaction: the next one on the same
     //    connection is unscoped again.
-    let mut tx = app.begin().await.expect("store call");
-    tx.execute("SELECT set_config('warden.tenant', 'acme', true)")
-        .await
-        .expect("store call");
+    let tx = scoped(&mut app, "acme").await;
     tx.commit().await.expect("store call");
     assert_eq!(count(&mut app, "principals").await, 0);
 
     // 4. The application role cannot rewrite history or lift the policies.
-    let mut tx = app.begin().await.expect("store call");
-    tx.execute("SELECT set_config('warden.tenant', 'acme', true)")
-        .await
-        .expect("store call");
+    let mut tx = scoped(&mut app, "acme").await;
     for attack in [
         "DELETE FROM events",
         "UPDATE audit_entries SET body = '{}'",

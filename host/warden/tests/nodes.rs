@@ -15,10 +15,11 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::{Server, admin_key, http, ok_json, start_serve_with, stdout, warden_with};
+use common::{
+    Server, admin_key, http, ok_json, start_serve_with, stdout, text_tenant, warden_with,
+};
 use serde_json::Value;
 use warden_tests::pg::Postgres;
-use warden_tests::{guest, root};
 
 /// One tenant set up through the CLI against a node.
 struct Tenant {
@@ -41,42 +42,12 @@ fn setup(url: &str, client: &Path, admin: &str, name: &str) -> Tenant {
         a.extend_from_slice(args);
         warden_with(client, key, &a, &[])
     };
+    let (alice, bob) = text_tenant(&run, admin, name);
     let key = |o: Output| ok_json(&o)["api_key"].as_str().expect("key").to_owned();
-    stdout(&run(Some(admin), &["tenant", "create", name]));
-    let alice = key(run(
-        Some(admin),
-        &[
-            "principal",
-            "add",
-            "alice",
-            "--role",
-            "deployer,viewer",
-            "--tenant",
-            name,
-            "--json",
-        ],
-    ));
-    let bob = key(run(
-        Some(&alice),
-        &["principal", "add", "bob", "--role", "builder", "--json"],
-    ));
     let pat = key(run(
         Some(&alice),
         &["principal", "add", "pat", "--role", "approver", "--json"],
     ));
-    let text = guest("text");
-    let manifest = root().join("tools/text/tool.toml");
-    stdout(&run(
-        Some(&bob),
-        &[
-            "tool",
-            "publish",
-            text.to_str().expect("utf-8"),
-            "--manifest",
-            manifest.to_str().expect("utf-8"),
-        ],
-    ));
-    stdout(&run(Some(&alice), &["tool", "deploy", "text", "0.1.0"]));
     let policy = client.join(format!("{name}.cedar"));
     std::fs::write(&policy, POLICY).expect("write policy");
     stdout(&run(

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
-use common::{admin_key, http, ok_json, start_serve, stdout, warden, warden_with};
+use common::{admin_key, http, ok_json, start_serve, stdout, text_tenant, warden, warden_with};
 use serde_json::Value;
 use warden_tests::{guest, root};
 
@@ -490,38 +490,7 @@ fn every_acknowledged_call_survives_a_killed_server_and_the_trail_verifies() {
         a.extend_from_slice(args);
         warden(&client, key, &a)
     };
-    stdout(&run(Some(&admin), &["tenant", "create", "acme"]));
-    let key = |o: Output| ok_json(&o)["api_key"].as_str().expect("key").to_owned();
-    let alice = key(run(
-        Some(&admin),
-        &[
-            "principal",
-            "add",
-            "alice",
-            "--role",
-            "deployer,viewer",
-            "--tenant",
-            "acme",
-            "--json",
-        ],
-    ));
-    let bob = key(run(
-        Some(&alice),
-        &["principal", "add", "bob", "--role", "builder", "--json"],
-    ));
-    let text = guest("text");
-    let manifest = root().join("tools/text/tool.toml");
-    stdout(&run(
-        Some(&bob),
-        &[
-            "tool",
-            "publish",
-            text.to_str().expect("utf-8"),
-            "--manifest",
-            manifest.to_str().expect("utf-8"),
-        ],
-    ));
-    stdout(&run(Some(&alice), &["tool", "deploy", "text", "0.1.0"]));
+    let (alice, bob) = text_tenant(&run, &admin, "acme");
     stdout(&run(
         Some(&bob),
         &["agent", "create", "bot", "--purpose", "load"],

@@ -10,7 +10,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use serde_json::Value;
-use warden_tests::root;
+use warden_tests::{guest, root};
 
 pub fn warden(data: &Path, key: Option<&str>, args: &[&str]) -> Output {
     warden_with(data, key, args, &[])
@@ -176,4 +176,47 @@ pub fn http(
     let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
     let v = serde_json::from_str(body).map_err(|_| std::io::Error::other("incomplete body"))?;
     Ok((status, v))
+}
+
+/// Through `run` (one CLI command, local or `--server`): tenant `name`, its
+/// deployer `alice` (also viewer) and builder `bob`, and the `text` tool
+/// published by bob and deployed by alice. Returns (alice's key, bob's key).
+pub fn text_tenant(
+    run: &dyn Fn(Option<&str>, &[&str]) -> Output,
+    admin: &str,
+    name: &str,
+) -> (String, String) {
+    let key = |o: Output| ok_json(&o)["api_key"].as_str().expect("key").to_owned();
+    stdout(&run(Some(admin), &["tenant", "create", name]));
+    let alice = key(run(
+        Some(admin),
+        &[
+            "principal",
+            "add",
+            "alice",
+            "--role",
+            "deployer,viewer",
+            "--tenant",
+            name,
+            "--json",
+        ],
+    ));
+    let bob = key(run(
+        Some(&alice),
+        &["principal", "add", "bob", "--role", "builder", "--json"],
+    ));
+    let text = guest("text");
+    let manifest = root().join("tools/text/tool.toml");
+    stdout(&run(
+        Some(&bob),
+        &[
+            "tool",
+            "publish",
+            text.to_str().expect("utf-8"),
+            "--manifest",
+            manifest.to_str().expect("utf-8"),
+        ],
+    ));
+    stdout(&run(Some(&alice), &["tool", "deploy", "text", "0.1.0"]));
+    (alice, bob)
 }
