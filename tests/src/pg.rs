@@ -43,8 +43,18 @@ impl Postgres {
     /// Starts a cluster with durable commits (fsync on), creates the roles
     /// and the `warden` database, and migrates it as `warden_owner`.
     pub async fn start() -> Postgres {
+        let pg = Postgres::start_unmigrated().await;
+        warden_store::Store::migrate_postgres(&pg.owner_url())
+            .await
+            .expect("migrate as warden_owner");
+        pg
+    }
+
+    /// Starts a cluster with the roles and the empty `warden` database, not
+    /// migrated (for `warden db migrate`).
+    pub async fn start_unmigrated() -> Postgres {
         let pg = Postgres::start_bare();
-        pg.prepare().await;
+        pg.create_roles().await;
         pg
     }
 
@@ -153,7 +163,7 @@ impl Postgres {
         self.url_for("postgres", db)
     }
 
-    async fn prepare(&self) {
+    async fn create_roles(&self) {
         use sqlx::Executor;
         sqlx::any::install_default_drivers();
         let mut su =
@@ -168,9 +178,6 @@ impl Postgres {
         ] {
             su.execute(stmt).await.expect(stmt);
         }
-        warden_store::Store::migrate_postgres(&self.owner_url())
-            .await
-            .expect("migrate as warden_owner");
     }
 
     /// The server log so far (for failure messages).

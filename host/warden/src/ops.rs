@@ -391,9 +391,17 @@ pub(crate) async fn open(common: &Common) -> anyhow::Result<warden_service::Open
     if let Some(env) = std::env::var("WARDEN_ENV").ok().filter(|e| !e.is_empty()) {
         config.env = env;
     }
-    warden_service::Warden::open(config)
-        .await
-        .with_context(|| format!("opening data directory `{}`", dir.display()))
+    let shared = config.database.is_some();
+    warden_service::Warden::open(config).await.with_context(|| {
+        if shared {
+            format!(
+                "opening the PostgreSQL database (node files in `{}`)",
+                dir.display()
+            )
+        } else {
+            format!("opening data directory `{}`", dir.display())
+        }
+    })
 }
 
 /// Prints an error from the service and returns its exit code.

@@ -410,3 +410,70 @@ fn durable_calls_per_second() {
         table.join("\n")
     );
 }
+
+/// The operator's path: `warden db migrate` as the owner, then `serve`
+/// refuses the owner's URL (it would see past nothing, but owns the tables)
+/// and serves with the application role; a `--database` that is not a
+/// PostgreSQL URL is refused with a clear message.
+#[test]
+fn db_migrate_then_serve_only_as_the_application_role() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let pg = rt.block_on(Postgres::start_unmigrated());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("node");
+    // Not migrated yet: serve says so.
+    let early = warden_with(
+        &data,
+        None,
+        &["tenant", "list"],
+        &[("WARDEN_DATABASE", pg.app_url().as_str())],
+    );
+    assert_ne!(early.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&early.stderr).contains("warden db migrate"),
+        "{}",
+        String::from_utf8_lossy(&early.stderr)
+    );
+    let migrated = warden_with(
+        &data,
+        None,
+        &["db", "migrate", "--owner", &pg.owner_url()],
+        &[],
+    );
+    assert_eq!(
+        migrated.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&migrated.stderr)
+    );
+    // Twice is fine (nothing to do).
+    stdout(&warden_with(
+        &data,
+        None,
+        &["db", "migrate", "--owner", &pg.owner_url()],
+        &[],
+    ));
+    let as_owner = warden_with(
+        &data,
+        None,
+        &["serve", "--listen", "127.0.0.1:0"],
+        &[("WARDEN_DATABASE", pg.owner_url().as_str())],
+    );
+    assert_ne!(as_owner.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&as_owner.stderr);
+    assert!(err.contains("owns") && err.contains("PostgreSQL"), "{err}");
+    let sqlite_url = warden_with(
+        &data,
+        None,
+        &["tenant", "list"],
+        &[("WARDEN_DATABASE", "sqlite://x.db")],
+    );
+    assert_ne!(sqlite_url.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&sqlite_url.stderr).contains("postgres://"),
+        "{}",
+        String::from_utf8_lossy(&sqlite_url.stderr)
+    );
+    let node = start_node(&data, &pg);
+    assert!(admin_key(&node.printed).is_some(), "{}", node.printed);
+}
