@@ -1495,7 +1495,17 @@ async fn rate_limits_quotas_and_the_fuel_budget_hold_at_their_boundaries_on(mut 
 /// a fresh session (another data session, or another token) is not.
 #[tokio::test]
 async fn a_session_that_read_confidential_data_cannot_send_it_out() {
-    let mut e = env().await;
+    a_session_that_read_confidential_data_cannot_send_it_out_on(env().await).await;
+}
+
+/// The same on PostgreSQL, where a second node sharing the database also
+/// knows what the session read.
+#[tokio::test]
+async fn a_session_that_read_confidential_data_cannot_send_it_out_on_postgres() {
+    a_session_that_read_confidential_data_cannot_send_it_out_on(env_on_postgres().await).await;
+}
+
+async fn a_session_that_read_confidential_data_cannot_send_it_out_on(mut e: Env) {
     let deployer = e.tenant("acme").await;
     let builder = e.principal(&deployer, "b", &["builder"]).await;
     let publish = |component: &str, manifest: String| {
@@ -1621,6 +1631,37 @@ async fn a_session_that_read_confidential_data_cannot_send_it_out() {
         Outcome::Ok,
         "a session that read nothing confidential"
     );
+    // Several nodes: another node on the same database refuses the session
+    // that read confidential data here, and still serves a clean one.
+    if let Some(pg) = &e._pg {
+        let (two, _, _) = open_on(
+            e.dir.path(),
+            Some(warden_store::PostgresOptions {
+                url: pg.app_url(),
+                max_connections: 4,
+            }),
+        )
+        .await;
+        let s2 = two.authenticate_agent(&fresh).await.expect("session");
+        let on_two = |s: warden_service::AgentSession| {
+            let w = &two;
+            async move {
+                w.invoke(&s, "greeter", "greet", r#"{"name":"ada"}"#)
+                    .await
+                    .expect("answered")
+                    .outcome
+            }
+        };
+        // (The policy in force now holds such a call instead of denying it;
+        // the hold's reason is the classification refusal.)
+        let outcome = on_two(s2.clone().in_data_session("agent:a")).await;
+        assert!(
+            matches!(&outcome, Outcome::Held { reason, .. } if reason.contains("data classification")),
+            "the second node forgot what the session read: {outcome:?}"
+        );
+        assert_eq!(on_two(s2.in_data_session("agent:c")).await, Outcome::Ok);
+        two.close().await;
+    }
 }
 
 // ---- Cedar policy --------------------------------------------------------------

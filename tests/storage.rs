@@ -514,6 +514,34 @@ async fn store_suite(store: &Store) {
     assert!(matches!(b.approval("apr_1").await, Err(Error::NotFound(_))));
     assert!(b.approvals(&[], 10).await.expect("store call").is_empty());
 
+    // Data sessions: the tier only rises, per tenant.
+    assert_eq!(
+        a.data_session(&bot.id, "s1", 64).await.expect("store call"),
+        warden_store::DataSession::default()
+    );
+    for (tool, rank) in [
+        ("text/word_count", 1),
+        ("hr/read", 3),
+        ("text/word_count", 0),
+    ] {
+        a.record_data_session(&bot.id, "s1", tool, rank, NOW)
+            .await
+            .expect("store call");
+    }
+    let s1 = a.data_session(&bot.id, "s1", 64).await.expect("store call");
+    assert_eq!(
+        (s1.rank, s1.calls, s1.tools),
+        (
+            Some(3),
+            3,
+            vec!["hr/read".to_owned(), "text/word_count".to_owned()]
+        )
+    );
+    assert_eq!(
+        b.data_session(&bot.id, "s1", 64).await.expect("store call"),
+        warden_store::DataSession::default()
+    );
+
     // Shared counters: a limit of 2 per minute admits two calls.
     let window = |limit| {
         [UsageWindow {
@@ -581,7 +609,7 @@ async fn two_tenants(pg: &Postgres) {
 }
 
 /// Every tenant-scoped table.
-const TABLES: [&str; 20] = [
+const TABLES: [&str; 22] = [
     "settings",
     "principals",
     "api_keys",
@@ -602,6 +630,8 @@ const TABLES: [&str; 20] = [
     "approvals",
     "approval_votes",
     "usage_counters",
+    "data_sessions",
+    "data_session_tools",
 ];
 
 /// A transaction on `app` with `warden.tenant` set to `tenant` (as the

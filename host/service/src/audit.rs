@@ -293,14 +293,47 @@ fn read_keys(path: &Path) -> Result<Option<KeyFile>> {
     }
 }
 
+/// Creates the key file with `keys` unless it exists, and returns what the
+/// file then holds: several processes (nodes sharing the directory) opening
+/// a new tenant's trail at once all end up with the one key that won,
+/// instead of each sealing with its own (a hard link to a complete file
+/// either creates the name or fails; it never replaces).
+fn create_keys(path: &Path, keys: KeyFile) -> Result<KeyFile> {
+    let tmp = write_tmp(path, &keys)?;
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(keys),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read_keys(path)?
+            .ok_or_else(|| Error::Internal(format!("audit key file {} vanished", path.display()))),
+        Err(e) => Err(Error::Internal(format!(
+            "writing audit key file {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
 /// Writes the key file atomically with mode 0600 (directory 0700).
 fn write_keys(path: &Path, keys: &KeyFile) -> Result<()> {
+    let tmp = write_tmp(path, keys)?;
+    std::fs::rename(&tmp, path)
+        .map_err(|e| Error::Internal(format!("writing audit key file {}: {e}", path.display())))
+}
+
+/// Writes `keys` to a temporary file beside `path` (unique to this process
+/// and call), synced, mode 0600; returns its path.
+fn write_tmp(path: &Path, keys: &KeyFile) -> Result<PathBuf> {
     let io = |e: std::io::Error| {
         Error::Internal(format!("writing audit key file {}: {e}", path.display()))
     };
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io)?;
-    let tmp = path.with_extension("json.tmp");
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let tmp = path.with_extension(format!(
+        "json.tmp-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
     let bytes = serde_json::to_vec_pretty(keys).map_err(|e| Error::Internal(e.to_string()))?;
     {
         use std::io::Write;
@@ -316,8 +349,7 @@ fn write_keys(path: &Path, keys: &KeyFile) -> Result<()> {
         f.write_all(&bytes).map_err(io)?;
         f.sync_all().map_err(io)?;
     }
-    std::fs::rename(&tmp, path).map_err(io)?;
-    Ok(())
+    Ok(tmp)
 }
 
 fn to_row(r: &Record) -> Result<AuditRow> {
@@ -381,11 +413,10 @@ impl Writer {
         let chain = Chain::resume(&self.tenant, &records).map_err(Error::Internal)?;
         let keys = match read_keys(&self.key_path)? {
             Some(k) => k,
-            None if records.is_empty() => {
-                let k = KeyFile::new(now_ms()).map_err(Error::Internal)?;
-                write_keys(&self.key_path, &k)?;
-                k
-            }
+            None if records.is_empty() => create_keys(
+                &self.key_path,
+                KeyFile::new(now_ms()).map_err(Error::Internal)?,
+            )?,
             None => {
                 return Err(Error::Internal(format!(
                     "audit key file {} is missing but tenant `{}` has audit entries; restore it",
@@ -1028,5 +1059,40 @@ impl Warden {
             recorded_output_sha256: finished.result_sha256.clone(),
             output_sha256,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_key_file_created_wins_and_a_second_creator_reads_it() {
+        let dir = std::env::temp_dir().join(format!("warden-keys-{}", std::process::id()));
+        let path = dir.join("acme.json");
+        let _ = std::fs::remove_file(&path);
+        let first = KeyFile::new(1).expect("key");
+        let second = KeyFile::new(2).expect("key");
+        let a = create_keys(&path, first.clone()).expect("create");
+        let b = create_keys(&path, second).expect("create again");
+        let id = |k: &KeyFile| k.current().expect("key").hmac_id.clone();
+        assert_eq!(id(&a), id(&first));
+        assert_eq!(id(&b), id(&first), "the second creator got its own key");
+        // Rotation still replaces the file.
+        let rotated = KeyFile::new(3).expect("key");
+        write_keys(&path, &rotated).expect("write");
+        assert_eq!(
+            id(&read_keys(&path).expect("read").expect("file")),
+            id(&rotated)
+        );
+        let leftovers = std::fs::read_dir(&dir)
+            .expect("dir")
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().contains(".tmp"))
+            })
+            .count();
+        assert_eq!(leftovers, 0, "temporary key files left behind");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -517,6 +517,28 @@ impl Warden {
                 session.data_session.clone()
             },
         );
+        // What the session did so far: in this process's memory, or (several
+        // nodes) in the database. Unreadable means unknown: deny.
+        let session_facts = if self.store.is_postgres() {
+            match crate::sessions::shared_facts(&store, &data_session).await {
+                Ok(f) => f,
+                Err(e) => {
+                    return self
+                        .deny_call(
+                            &store,
+                            refusal(),
+                            "guard.classification",
+                            format!(
+                                "the session's data classification cannot be read ({e}), so what this call may send cannot be checked"
+                            ),
+                            input,
+                        )
+                        .await;
+                }
+            }
+        } else {
+            self.sessions.facts(&data_session)
+        };
         // What a hold of this call would record (and what an approval of it
         // must match).
         let hold_base = |policy_version: i64| crate::approvals::HoldRequest {
@@ -540,7 +562,7 @@ impl Warden {
         // approval instead (decided below, once the policy has run).
         let mut classification_refusal = None;
         if let Some(dest) = declared.and_then(|a| a.sends_to) {
-            let tier = self.sessions.tier(&data_session);
+            let tier = session_facts.tier.unwrap_or(Classification::Public);
             if tier > dest {
                 let reason = format!(
                     "data classification: this session has read {} data, and `{action}` sends data to a {} destination",
@@ -691,7 +713,7 @@ impl Warden {
                     args,
                     now: self.now(),
                     usage,
-                    session: self.sessions.facts(&data_session),
+                    session: session_facts.clone(),
                 };
                 let verdict = set.decide(&facts, None);
                 let detail = serde_json::json!({
@@ -845,12 +867,30 @@ impl Warden {
             .invoke(&component, grant, &backends, Call { action, input })
             .await;
         if report.outcome.is_ok() {
-            self.sessions.read(
+            let tool_action = format!("{tool}/{action}");
+            if !self.store.is_postgres() {
+                self.sessions
+                    .read(&data_session, &tool_action, reads, self.now());
+            } else if let Err(e) = crate::sessions::record_shared(
+                &store,
                 &data_session,
-                &format!("{tool}/{action}"),
+                &tool_action,
                 reads,
                 self.now(),
-            );
+            )
+            .await
+            {
+                // Unrecorded, the session could send what this call read
+                // through another node: the answer is withheld.
+                tracing::error!(error = %e, "could not record the session's data classification; answer withheld");
+                report.outcome = Outcome::Denied {
+                    reason: format!(
+                        "the call ran, but the classification of what it read could not be recorded ({e}), so its answer is withheld"
+                    ),
+                    rule: "guard.classification.store".into(),
+                };
+                report.output = None;
+            }
         }
         if self.store.is_postgres() {
             if let Err(e) =

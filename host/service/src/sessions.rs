@@ -7,13 +7,64 @@
 //! A session is the id the agent sends (`x-warden-session` over HTTP), or,
 //! without one, its access token: a fresh token is a fresh session. Tiers
 //! live in the serving process's memory, forgotten a day after a session's
-//! last call.
+//! last call; on PostgreSQL, where several nodes may serve one agent, they
+//! live in the database instead ([`shared_facts`], [`record_shared`]), so a
+//! session restricted on one node is restricted on all.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use warden_policy::Classification;
 use warden_policy::cedar::SessionFacts;
+use warden_store::TenantStore;
+
+/// Classifications by rank, as stored (0 = public).
+const RANKS: [Classification; 4] = [
+    Classification::Public,
+    Classification::Internal,
+    Classification::Confidential,
+    Classification::Restricted,
+];
+
+fn rank(c: Classification) -> i64 {
+    RANKS
+        .iter()
+        .position(|r| *r == c)
+        .unwrap_or(RANKS.len() - 1) as i64
+}
+
+/// What the session did so far, from the database (several nodes). An
+/// unknown stored rank reads as the highest tier (fail closed).
+pub(crate) async fn shared_facts(
+    store: &TenantStore,
+    key: &Key,
+) -> warden_store::Result<SessionFacts> {
+    let s = store.data_session(&key.1, &key.2, MAX_TOOLS as i64).await?;
+    Ok(SessionFacts {
+        id: key.2.clone(),
+        tier: s.rank.map(|r| {
+            usize::try_from(r)
+                .ok()
+                .and_then(|i| RANKS.get(i).copied())
+                .unwrap_or(Classification::Restricted)
+        }),
+        calls: s.calls.max(0) as u64,
+        tools: s.tools,
+    })
+}
+
+/// [`Sessions::read`] in the database (several nodes).
+pub(crate) async fn record_shared(
+    store: &TenantStore,
+    key: &Key,
+    tool_action: &str,
+    read: Classification,
+    now: i64,
+) -> warden_store::Result<()> {
+    store
+        .record_data_session(&key.1, &key.2, tool_action, rank(read), now)
+        .await
+}
 
 /// Sessions idle this long are forgotten.
 const IDLE_SECS: i64 = 86_400;
@@ -40,14 +91,6 @@ pub(crate) struct Sessions {
 }
 
 impl Sessions {
-    /// The session's tier so far (`public` when it has read nothing).
-    pub fn tier(&self, key: &Key) -> Classification {
-        self.lock()
-            .get(key)
-            .and_then(|s| s.tier)
-            .unwrap_or(Classification::Public)
-    }
-
     /// What the session did so far, for policies (`context.session`).
     pub fn facts(&self, key: &Key) -> SessionFacts {
         match self.lock().get(key) {

@@ -19,6 +19,7 @@
 mod approvals;
 mod audit;
 mod records;
+mod sessions;
 mod tenant;
 mod usage;
 
@@ -36,6 +37,7 @@ pub use records::{
     AgentRecord, AgentStatus, DeploymentRecord, EventRecord, GrantRecord, PolicyRecord,
     PrincipalRecord, TokenRecord, ToolVersionRecord,
 };
+pub use sessions::DataSession;
 pub use tenant::{NewAgent, NewGrant, NewPrincipal, NewToolVersion, TenantStore};
 pub use usage::{Admission, UsageWindow};
 

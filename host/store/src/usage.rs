@@ -72,6 +72,12 @@ impl TenantStore {
             .await?)
     }
 
+    /// A write transaction that takes no lock and does not wait for the
+    /// disk on PostgreSQL (each statement in it is atomic by itself).
+    pub(crate) async fn quick_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        self.usage_tx("", "", false).await
+    }
+
     /// Admits one call of `agent` on `tool` against `windows`, in order.
     pub async fn admit_usage(
         &self,
@@ -147,7 +153,7 @@ impl TenantStore {
         bucket: i64,
         amount: i64,
     ) -> Result<()> {
-        let mut tx = self.usage_tx(agent, tool, false).await?;
+        let mut tx = self.quick_tx().await?;
         let w = UsageWindow {
             scope,
             width,

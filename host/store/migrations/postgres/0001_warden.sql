@@ -324,6 +324,27 @@ CREATE TABLE usage_counters (
     PRIMARY KEY (tenant, agent, tool, scope, width, bucket)
 );
 
+-- ---- data-classification sessions shared by every node -------------------------
+-- `tier` is the rank of the highest classification read (0 = public).
+CREATE TABLE data_sessions (
+    tenant   TEXT   NOT NULL DEFAULT warden_tenant() REFERENCES tenants (name),
+    agent_id TEXT   NOT NULL,
+    session  TEXT   NOT NULL,
+    tier     BIGINT NOT NULL,
+    calls    BIGINT NOT NULL,
+    seen_at  BIGINT NOT NULL,
+    PRIMARY KEY (tenant, agent_id, session)
+);
+
+CREATE TABLE data_session_tools (
+    tenant   TEXT   NOT NULL DEFAULT warden_tenant(),
+    agent_id TEXT   NOT NULL,
+    session  TEXT   NOT NULL,
+    tool     TEXT   NOT NULL,
+    PRIMARY KEY (tenant, agent_id, session, tool),
+    FOREIGN KEY (tenant, agent_id, session) REFERENCES data_sessions (tenant, agent_id, session)
+);
+
 -- ---- row-level security on every tenant-scoped table -------------------------
 
 DO $$
@@ -335,7 +356,7 @@ BEGIN
         'access_tokens', 'blobs', 'tool_versions', 'deployments', 'grants',
         'events', 'call_generation', 'policies', 'audit_entries',
         'audit_checkpoints', 'audit_payloads', 'audit_cursor', 'approvals',
-        'approval_votes', 'usage_counters'
+        'approval_votes', 'usage_counters', 'data_sessions', 'data_session_tools'
     ] LOOP
         EXECUTE format('ALTER TABLE %I ENABLE ROW LEVEL SECURITY', t);
         EXECUTE format('ALTER TABLE %I FORCE ROW LEVEL SECURITY', t);
@@ -352,10 +373,11 @@ GRANT SELECT ON _sqlx_migrations TO warden_app;
 GRANT SELECT, INSERT ON admin, tenants TO warden_app;
 GRANT SELECT, INSERT, UPDATE ON
     settings, api_keys, agents, agent_credentials, access_tokens, grants,
-    call_generation, audit_cursor, approvals, usage_counters
+    call_generation, audit_cursor, approvals, usage_counters, data_sessions
     TO warden_app;
 GRANT SELECT, INSERT ON
     principals, blobs, tool_versions, deployments, events, policies,
-    audit_entries, audit_checkpoints, audit_payloads, approval_votes
+    audit_entries, audit_checkpoints, audit_payloads, approval_votes,
+    data_session_tools
     TO warden_app;
 GRANT EXECUTE ON FUNCTION warden_tenant() TO warden_app;
