@@ -4,7 +4,7 @@
 //! when the stored head is where the writer thinks it is, so two processes
 //! appending to one tenant can never fork its chain.
 
-use sqlx::Row;
+use sqlx::{AnyConnection, Row};
 
 use crate::records::EventRecord;
 use crate::{Result, TenantStore};
@@ -87,35 +87,17 @@ impl std::fmt::Debug for AuditSession {
 impl AuditSession {
     /// Stored entries with `seq >= from`, at most `limit`, in order.
     pub async fn rows(&mut self, from: i64, limit: i64) -> Result<Vec<AuditRow>> {
-        let rows = sqlx::query(
-            "SELECT seq, body, mac, cosign FROM audit_entries WHERE seq >= $1 ORDER BY seq LIMIT $2",
-        )
-        .bind(from)
-        .bind(limit)
-        .fetch_all(&mut *self.tx)
-        .await?;
-        rows.iter().map(audit_row).collect()
+        rows_on(&mut self.tx, from, limit).await
     }
 
     /// How far the governance history has been chained.
     pub async fn events_cursor(&mut self) -> Result<i64> {
-        Ok(
-            sqlx::query_scalar("SELECT events_seq FROM audit_cursor WHERE id = 1")
-                .fetch_one(&mut *self.tx)
-                .await?,
-        )
+        events_cursor_on(&mut self.tx).await
     }
 
     /// Governance events after `seq`, oldest first, at most `limit`.
     pub async fn events_after(&mut self, seq: i64, limit: i64) -> Result<Vec<EventRecord>> {
-        let rows = sqlx::query(
-            "SELECT seq, at, actor, action, subject, detail FROM events WHERE seq > $1 ORDER BY seq LIMIT $2",
-        )
-        .bind(seq)
-        .bind(limit)
-        .fetch_all(&mut *self.tx)
-        .await?;
-        rows.iter().map(crate::tenant::event_row).collect()
+        events_after_on(&mut self.tx, seq, limit).await
     }
 
     /// Appends the batch and commits. `Ok(false)`: the stored chain is not
@@ -140,14 +122,7 @@ impl TenantStore {
     }
     /// Stored entries with `seq >= from`, at most `limit`, in order.
     pub async fn audit_rows(&self, from: i64, limit: i64) -> Result<Vec<AuditRow>> {
-        let rows = sqlx::query(
-            "SELECT seq, body, mac, cosign FROM audit_entries WHERE seq >= $1 ORDER BY seq LIMIT $2",
-        )
-        .bind(from)
-        .bind(limit)
-        .fetch_all(&mut *self.read().await?)
-        .await?;
-        rows.iter().map(audit_row).collect()
+        rows_on(&mut *self.read().await?, from, limit).await
     }
 
     /// Every checkpoint: (size, note), smallest first.
@@ -207,24 +182,46 @@ impl TenantStore {
 
     /// How far the governance history has been chained.
     pub async fn audit_events_cursor(&self) -> Result<i64> {
-        Ok(
-            sqlx::query_scalar("SELECT events_seq FROM audit_cursor WHERE id = 1")
-                .fetch_one(&mut *self.read().await?)
-                .await?,
-        )
+        events_cursor_on(&mut *self.read().await?).await
     }
 
     /// Governance events after `seq`, oldest first, at most `limit`.
     pub async fn events_after(&self, seq: i64, limit: i64) -> Result<Vec<EventRecord>> {
-        let rows = sqlx::query(
-            "SELECT seq, at, actor, action, subject, detail FROM events WHERE seq > $1 ORDER BY seq LIMIT $2",
-        )
-        .bind(seq)
-        .bind(limit)
-        .fetch_all(&mut *self.read().await?)
-        .await?;
-        rows.iter().map(crate::tenant::event_row).collect()
+        events_after_on(&mut *self.read().await?, seq, limit).await
     }
+}
+
+// The queries shared by the session (inside the writer's lock) and the
+// plain readers: one text each, whichever connection runs it.
+
+async fn rows_on(c: &mut AnyConnection, from: i64, limit: i64) -> Result<Vec<AuditRow>> {
+    let rows = sqlx::query(
+        "SELECT seq, body, mac, cosign FROM audit_entries WHERE seq >= $1 ORDER BY seq LIMIT $2",
+    )
+    .bind(from)
+    .bind(limit)
+    .fetch_all(c)
+    .await?;
+    rows.iter().map(audit_row).collect()
+}
+
+async fn events_cursor_on(c: &mut AnyConnection) -> Result<i64> {
+    Ok(
+        sqlx::query_scalar("SELECT events_seq FROM audit_cursor WHERE id = 1")
+            .fetch_one(c)
+            .await?,
+    )
+}
+
+async fn events_after_on(c: &mut AnyConnection, seq: i64, limit: i64) -> Result<Vec<EventRecord>> {
+    let rows = sqlx::query(
+        "SELECT seq, at, actor, action, subject, detail FROM events WHERE seq > $1 ORDER BY seq LIMIT $2",
+    )
+    .bind(seq)
+    .bind(limit)
+    .fetch_all(c)
+    .await?;
+    rows.iter().map(crate::tenant::event_row).collect()
 }
 
 /// One `audit_entries` row (`seq, body, mac, cosign`).

@@ -52,12 +52,10 @@ impl TenantStore {
         if !self.postgres() {
             return self.write().await;
         }
-        let key = {
+        let lock = if lock {
             use sha2::Digest;
             let d = sha2::Sha256::digest(format!("warden.usage\0{}\0{agent}\0{tool}", self.name()));
-            i64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
-        };
-        let lock = if lock {
+            let key = i64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]]);
             format!("; SELECT pg_advisory_xact_lock({key})")
         } else {
             String::new()
