@@ -1661,6 +1661,21 @@ async fn a_session_that_read_confidential_data_cannot_send_it_out_on(mut e: Env)
         );
         assert_eq!(on_two(s2.in_data_session("agent:c")).await, Outcome::Ok);
         two.close().await;
+        // Idle for a day, the session is deleted by the sweep (a single
+        // process forgets it in memory): it starts clean again.
+        e.advance(86_401);
+        e.w.sweep().await.expect("sweep");
+        let again =
+            e.w.exchange_credential(&cred, None, None)
+                .await
+                .expect("token")
+                .token;
+        let s3 = e.w.authenticate_agent(&again).await.expect("session");
+        assert_eq!(
+            greet(s3.in_data_session("agent:a")).await,
+            Outcome::Ok,
+            "an idle session was not forgotten"
+        );
     }
 }
 

@@ -541,6 +541,41 @@ async fn store_suite(store: &Store) {
         b.data_session(&bot.id, "s1", 64).await.expect("store call"),
         warden_store::DataSession::default()
     );
+    // Sessions idle past the cut are deleted with their tools; the others
+    // and the other tenant's are kept.
+    a.record_data_session(&bot.id, "idle", "hr/read", 3, NOW - 90_000)
+        .await
+        .expect("store call");
+    b.record_data_session(&bot.id, "idle", "hr/read", 3, NOW - 90_000)
+        .await
+        .expect("store call");
+    assert_eq!(
+        a.prune_data_sessions(NOW - 86_400)
+            .await
+            .expect("store call"),
+        1
+    );
+    assert_eq!(
+        a.data_session(&bot.id, "idle", 64)
+            .await
+            .expect("store call"),
+        warden_store::DataSession::default()
+    );
+    assert_eq!(
+        a.data_session(&bot.id, "s1", 64)
+            .await
+            .expect("store call")
+            .calls,
+        3
+    );
+    assert_eq!(
+        b.data_session(&bot.id, "idle", 64)
+            .await
+            .expect("store call")
+            .rank,
+        Some(3),
+        "pruning one tenant touched another's sessions"
+    );
 
     // Shared counters: a limit of 2 per minute admits two calls.
     let window = |limit| {
@@ -572,6 +607,46 @@ async fn store_suite(store: &Store) {
         .await
         .expect("store call");
     assert_eq!(other.before, [0], "another tenant's counters are its own");
+
+    // One row per window kind: the next minute starts from zero, and a
+    // node whose clock lags (still in the old minute) sees and adds to the
+    // newest minute's count instead of a fresh one.
+    let at = |bucket| {
+        [UsageWindow {
+            scope: "word_count",
+            width: 60,
+            bucket,
+            limit: Some(2),
+            count: true,
+        }]
+    };
+    let next = a
+        .admit_usage(&bot.id, "text", &at(NOW / 60 + 1))
+        .await
+        .expect("store call");
+    assert_eq!((next.before, next.refused), (vec![0], None));
+    let lagging = a
+        .admit_usage(&bot.id, "text", &at(NOW / 60))
+        .await
+        .expect("store call");
+    assert_eq!((lagging.before, lagging.refused), (vec![1], None));
+    let lagging = a
+        .admit_usage(&bot.id, "text", &at(NOW / 60))
+        .await
+        .expect("store call");
+    assert_eq!(
+        (lagging.before, lagging.refused),
+        (vec![2], Some(0)),
+        "a lagging clock opened a fresh window"
+    );
+    a.add_usage(&bot.id, "text", "word_count", 60, NOW / 60, 1)
+        .await
+        .expect("store call");
+    let now = a
+        .admit_usage(&bot.id, "text", &at(NOW / 60 + 1))
+        .await
+        .expect("store call");
+    assert_eq!(now.before, [3], "a late count was lost");
 }
 
 #[tokio::test]
@@ -584,7 +659,15 @@ async fn store_suite_on_sqlite() {
 
 #[tokio::test]
 async fn store_suite_on_postgres() {
-    store_suite_on(&Postgres::start().await).await;
+    let pg = Postgres::start().await;
+    store_suite_on(&pg).await;
+    // The suite counted in two minutes of one window kind: one row.
+    let mut app = PgConnection::connect(&pg.app_url())
+        .await
+        .expect("store call");
+    let mut tx = scoped(&mut app, "acme").await;
+    assert_eq!(count(&mut tx, "usage_counters").await, 1);
+    tx.rollback().await.expect("store call");
 }
 
 /// The store suite on `pg`, through the application role.
@@ -918,4 +1001,93 @@ async fn warden_refuses_a_role_that_could_see_past_row_level_security() {
     su.close().await.expect("store call");
     // The application role is accepted.
     open(pg.app_url()).await.expect("store call").close().await;
+}
+
+/// Upgrading a database that counted under the first schema (a counter row
+/// per window elapsed) keeps each window kind's newest count, per tenant,
+/// puts row-level security back as it was, and leaves a schema Warden
+/// serves on.
+#[tokio::test]
+async fn the_upgrade_to_bounded_counters_keeps_each_windows_newest_count() {
+    let pg = Postgres::start_unmigrated().await;
+    // The first migration alone, as an earlier build left the database.
+    let first = tempfile::tempdir().expect("temp dir");
+    std::fs::copy(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../host/store/migrations/postgres/0001_warden.sql"),
+        first.path().join("0001_warden.sql"),
+    )
+    .expect("copy the first migration");
+    let mut owner = PgConnection::connect(&pg.owner_url())
+        .await
+        .expect("owner connects");
+    sqlx::migrate::Migrator::new(first.path())
+        .await
+        .expect("migrator")
+        .run(&mut owner)
+        .await
+        .expect("the first migration");
+    let mut app = PgConnection::connect(&pg.app_url())
+        .await
+        .expect("app connects");
+    for (tenant, rows) in [
+        ("acme", &[(60, 100, 3), (60, 101, 5), (3600, 2, 7)][..]),
+        ("beta", &[(60, 100, 9)][..]),
+    ] {
+        let mut tx = scoped(&mut app, tenant).await;
+        sqlx::query("INSERT INTO tenants (name, created_by, created_at) VALUES ($1, 'admin', 0)")
+            .bind(tenant)
+            .execute(&mut *tx)
+            .await
+            .expect("tenant row");
+        for (width, bucket, used) in rows {
+            sqlx::query(
+                "INSERT INTO usage_counters (agent, tool, scope, width, bucket, used) \
+                 VALUES ('bot', 'text', 'word_count', $1, $2, $3)",
+            )
+            .bind(*width as i64)
+            .bind(*bucket as i64)
+            .bind(*used as i64)
+            .execute(&mut *tx)
+            .await
+            .expect("counter row");
+        }
+        tx.commit().await.expect("commit");
+    }
+
+    Store::migrate_postgres(&pg.owner_url())
+        .await
+        .expect("the upgrade");
+
+    for (tenant, want) in [
+        ("acme", vec![(60, 101, 5), (3600, 2, 7)]),
+        ("beta", vec![(60, 100, 9)]),
+    ] {
+        let mut tx = scoped(&mut app, tenant).await;
+        let got: Vec<(i64, i64, i64)> =
+            sqlx::query_as("SELECT width, bucket, used FROM usage_counters ORDER BY width, bucket")
+                .fetch_all(&mut *tx)
+                .await
+                .expect("counters");
+        assert_eq!(got, want, "{tenant}");
+        tx.rollback().await.expect("rollback");
+    }
+    let forced: bool = sqlx::query_scalar(
+        "SELECT relforcerowsecurity FROM pg_class WHERE relname = 'usage_counters'",
+    )
+    .fetch_one(&mut owner)
+    .await
+    .expect("pg_class");
+    assert!(forced, "the upgrade left row-level security unforced");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Store::open_postgres(
+        dir.path(),
+        &PostgresOptions {
+            url: pg.app_url(),
+            max_connections: 2,
+        },
+    )
+    .await
+    .expect("Warden serves on the upgraded schema");
+    store.close().await;
 }

@@ -725,7 +725,9 @@ impl Warden {
 
     /// Suspends every agent, in every tenant, whose renewal date has passed.
     /// Returns (tenant, agent) of each one suspended. `warden serve` runs this
-    /// periodically; authentication also checks the date on every use.
+    /// periodically; authentication also checks the date on every use. On
+    /// PostgreSQL it also deletes data-classification sessions idle for a
+    /// day (a single process forgets those in memory).
     pub async fn sweep(&self) -> Result<Vec<(String, String)>> {
         let now = self.now();
         let mut suspended = Vec::new();
@@ -744,6 +746,9 @@ impl Warden {
                         .await?;
                     suspended.push((tenant.clone(), a.name));
                 }
+            }
+            if self.store.is_postgres() {
+                crate::sessions::prune_shared(&store, now).await?;
             }
         }
         Ok(suspended)

@@ -9,7 +9,8 @@
 //! live in the serving process's memory, forgotten a day after a session's
 //! last call; on PostgreSQL, where several nodes may serve one agent, they
 //! live in the database instead ([`shared_facts`], [`record_shared`]), so a
-//! session restricted on one node is restricted on all.
+//! session restricted on one node is restricted on all, and the minute
+//! sweep deletes those idle for a day ([`prune_shared`]).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -64,6 +65,12 @@ pub(crate) async fn record_shared(
     store
         .record_data_session(&key.1, &key.2, tool_action, rank(read), now)
         .await
+}
+
+/// Forgets the shared sessions idle for [`IDLE_SECS`] (several nodes; the
+/// periodic sweep calls it), as a single process forgets them.
+pub(crate) async fn prune_shared(store: &TenantStore, now: i64) -> warden_store::Result<u64> {
+    store.prune_data_sessions(now - IDLE_SECS).await
 }
 
 /// Sessions idle this long are forgotten.

@@ -102,4 +102,25 @@ impl TenantStore {
         tx.commit().await?;
         Ok(())
     }
+
+    /// Forgets the sessions last seen before `idle_before` (seconds), with
+    /// their tools, and returns how many. A session recorded again while
+    /// this runs is kept: the second delete checks `seen_at` again.
+    pub async fn prune_data_sessions(&self, idle_before: i64) -> Result<u64> {
+        let mut tx = self.quick_tx().await?;
+        sqlx::query(
+            "DELETE FROM data_session_tools WHERE (agent_id, session) IN \
+             (SELECT agent_id, session FROM data_sessions WHERE seen_at < $1)",
+        )
+        .bind(idle_before)
+        .execute(&mut *tx)
+        .await?;
+        let gone = sqlx::query("DELETE FROM data_sessions WHERE seen_at < $1")
+            .bind(idle_before)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(gone)
+    }
 }

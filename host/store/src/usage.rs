@@ -1,6 +1,7 @@
 //! Guardrail counters in the database, for several nodes sharing one
 //! PostgreSQL: call rates, write quotas and fuel budgets then hold across
-//! nodes. (A single SQLite process keeps its counters in memory; see
+//! nodes. Each (agent, tool, scope, window width) is one row holding the
+//! newest window's count, so the table does not grow with time. (A single SQLite process keeps its counters in memory; see
 //! `warden-service`'s `counters`.)
 //!
 //! An admission is one transaction holding an advisory lock on (tenant,
@@ -84,9 +85,11 @@ impl TenantStore {
         windows: &[UsageWindow<'_>],
     ) -> Result<Admission> {
         let mut tx = self.usage_tx(agent, tool, true).await?;
-        // Every window's count in one query.
+        // Every window's count in one query. A row in a newer window than
+        // this node's clock says (another node's clock is ahead) is the
+        // count: a lagging clock never opens a fresh window.
         let mut q = String::from(
-            "SELECT scope, width, bucket, used FROM usage_counters WHERE agent = $1 AND tool = $2 AND (",
+            "SELECT scope, width, used FROM usage_counters WHERE agent = $1 AND tool = $2 AND (",
         );
         for i in 0..windows.len() {
             let b = 3 + 3 * i;
@@ -94,7 +97,7 @@ impl TenantStore {
                 q.push_str(" OR ");
             }
             q.push_str(&format!(
-                "(scope = ${b} AND width = ${} AND bucket = ${})",
+                "(scope = ${b} AND width = ${} AND bucket >= ${})",
                 b + 1,
                 b + 2
             ));
@@ -108,14 +111,13 @@ impl TenantStore {
         for r in query.fetch_all(&mut *tx).await? {
             let scope: String = r.try_get("scope")?;
             let width: i64 = r.try_get("width")?;
-            let bucket: i64 = r.try_get("bucket")?;
-            found.insert((scope, width, bucket), r.try_get::<i64, _>("used")?);
+            found.insert((scope, width), r.try_get::<i64, _>("used")?);
         }
         let before: Vec<i64> = windows
             .iter()
             .map(|w| {
                 found
-                    .get(&(w.scope.to_owned(), w.width, w.bucket))
+                    .get(&(w.scope.to_owned(), w.width))
                     .copied()
                     .unwrap_or(0)
             })
@@ -165,7 +167,10 @@ impl TenantStore {
     }
 
     /// Adds `amount` to each window, creating rows as needed: one
-    /// multi-row upsert.
+    /// multi-row upsert. Each (agent, tool, scope, width) has one row: a
+    /// count in a newer window replaces the older window's row in place,
+    /// and a count for a window older than the row's (from a node whose
+    /// clock lags) goes into the row's newer window, never lost.
     async fn add(
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Any>,
@@ -184,13 +189,18 @@ impl TenantStore {
             })
             .collect();
         let target = if self.postgres() {
-            "(tenant, agent, tool, scope, width, bucket)"
+            "(tenant, agent, tool, scope, width)"
         } else {
-            "(agent, tool, scope, width, bucket)"
+            "(agent, tool, scope, width)"
         };
+        // Both right-hand sides read the row as it was before the update.
         let q = format!(
             "INSERT INTO usage_counters (agent, tool, scope, width, bucket, used) VALUES {} \
-             ON CONFLICT {target} DO UPDATE SET used = usage_counters.used + excluded.used",
+             ON CONFLICT {target} DO UPDATE SET \
+             used = CASE WHEN usage_counters.bucket < excluded.bucket THEN excluded.used \
+                         ELSE usage_counters.used + excluded.used END, \
+             bucket = CASE WHEN usage_counters.bucket < excluded.bucket \
+                           THEN excluded.bucket ELSE usage_counters.bucket END",
             rows.join(", ")
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(q))
