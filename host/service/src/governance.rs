@@ -747,8 +747,12 @@ impl Warden {
                     suspended.push((tenant.clone(), a.name));
                 }
             }
-            if self.store.is_postgres() {
-                crate::sessions::prune_shared(&store, now).await?;
+            // Housekeeping: a failure is logged, and never stops the
+            // suspensions of the tenants after this one.
+            if self.store.is_postgres()
+                && let Err(e) = crate::sessions::prune_shared(&store, now).await
+            {
+                tracing::warn!(%tenant, error = %e, "pruning idle data sessions failed");
             }
         }
         Ok(suspended)

@@ -1,8 +1,9 @@
 //! Guardrail counters in the database, for several nodes sharing one
 //! PostgreSQL: call rates, write quotas and fuel budgets then hold across
 //! nodes. Each (agent, tool, scope, window width) is one row holding the
-//! newest window's count, so the table does not grow with time. (A single SQLite process keeps its counters in memory; see
-//! `warden-service`'s `counters`.)
+//! newest window's count, so the table does not grow with time. (A single
+//! SQLite process keeps its counters in memory; see `warden-service`'s
+//! `counters`.)
 //!
 //! An admission is one transaction holding an advisory lock on (tenant,
 //! agent, tool): read the windows, refuse at the first exhausted one
